@@ -1,0 +1,286 @@
+//! Prefix index: block hash → replicas that likely hold it, LRU-bounded per replica.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+use nohash_hasher::BuildNoHashHasher;
+use smallvec::SmallVec;
+
+/// A replica's local handle in the router (its position in the replica table).
+/// Stable while the replica exists; never sent over the wire.
+pub type Slot = u32;
+
+/// Block hashes are already uniform xxh3 outputs: hashing them again is waste.
+type HashIdentity = BuildNoHashHasher<u64>;
+
+#[derive(Debug, Default)]
+struct Entry {
+    holders: SmallVec<[Slot; 4]>,
+    /// Distinct child blocks seen after this block (saturating). A block with
+    /// many children is a branch point: a prefix that many requests share.
+    fanout: u16,
+}
+
+/// What the index knows about one prompt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefixMatch {
+    /// Replicas that hold at least the first block, with their count of
+    /// leading blocks held. Sorted by slot.
+    pub matched: Vec<(Slot, u32)>,
+    /// Leading blocks that form a *hot shared prefix*: the prompt up to the
+    /// deepest block whose fan-out reached the threshold. Holding only these
+    /// is not a reason to prefer a replica: every replica soon holds them.
+    pub shared: u32,
+}
+
+impl PrefixMatch {
+    /// Leading blocks held by `slot` (0 if none).
+    pub fn blocks_for(&self, slot: Slot) -> u32 {
+        self.matched
+            .binary_search_by_key(&slot, |(s, _)| *s)
+            .map(|i| self.matched[i].1)
+            .unwrap_or(0)
+    }
+}
+
+/// Which replicas likely hold which prefix blocks.
+///
+/// Each replica has an LRU of at most `capacity` block hashes (its KV cache
+/// in blocks). A request's blocks are touched last-to-first, so a replica's
+/// shallower blocks are always at least as recent as deeper ones: eviction
+/// trims prefixes from the tail, as engines do, and a replica holding block
+/// `i` also holds blocks `0..i`.
+#[derive(Debug)]
+pub struct PrefixIndex {
+    entries: HashMap<u64, Entry, HashIdentity>,
+    replicas: Vec<Option<LruCache<u64, (), HashIdentity>>>,
+    capacity: NonZeroUsize,
+}
+
+impl PrefixIndex {
+    /// An empty index holding at most `capacity_blocks` blocks per replica.
+    pub fn new(capacity_blocks: usize) -> Self {
+        Self {
+            entries: HashMap::default(),
+            replicas: Vec::new(),
+            capacity: NonZeroUsize::new(capacity_blocks.max(1)).unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+
+    /// Blocks per replica.
+    pub fn capacity(&self) -> usize {
+        self.capacity.get()
+    }
+
+    /// Distinct blocks known across all replicas.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is known.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Blocks recorded for `slot`.
+    pub fn blocks_held(&self, slot: Slot) -> usize {
+        match self.replicas.get(slot as usize) {
+            Some(Some(lru)) => lru.len(),
+            _ => 0,
+        }
+    }
+
+    /// Leading blocks of `hashes` each replica holds, and the hot shared
+    /// depth (blocks whose fan-out is at least `hot_fanout`). O(blocks × holders).
+    pub fn lookup(&self, hashes: &[u64], hot_fanout: u16) -> PrefixMatch {
+        let mut alive: SmallVec<[Slot; 8]> = SmallVec::new();
+        let mut done: Vec<(Slot, u32)> = Vec::new();
+        let mut shared = 0u32;
+        let mut depth = 0u32;
+        for (i, h) in hashes.iter().enumerate() {
+            let Some(entry) = self.entries.get(h) else {
+                break;
+            };
+            if i == 0 {
+                alive.extend(entry.holders.iter().copied());
+            } else {
+                alive.retain(|s| {
+                    let keep = entry.holders.contains(s);
+                    if !keep {
+                        done.push((*s, i as u32));
+                    }
+                    keep
+                });
+            }
+            if alive.is_empty() {
+                break;
+            }
+            depth = i as u32 + 1;
+            if entry.fanout >= hot_fanout {
+                shared = depth;
+            }
+        }
+        done.extend(alive.drain(..).map(|s| (s, depth)));
+        done.sort_unstable();
+        PrefixMatch {
+            matched: done,
+            shared,
+        }
+    }
+
+    /// Records that `slot` now holds every block of `hashes`, evicting its
+    /// least recently used blocks beyond capacity.
+    pub fn record(&mut self, slot: Slot, hashes: &[u64]) {
+        if hashes.is_empty() {
+            return;
+        }
+        // Which blocks gain a child nobody has seen before (fan-out).
+        let branch: SmallVec<[bool; 64]> = hashes
+            .windows(2)
+            .map(|w| !self.entries.contains_key(&w[1]))
+            .collect();
+        let idx = slot as usize;
+        if self.replicas.len() <= idx {
+            self.replicas.resize_with(idx + 1, || None);
+        }
+        let capacity = self.capacity;
+        let lru = self.replicas[idx].get_or_insert_with(|| {
+            LruCache::with_hasher(capacity, HashIdentity::default())
+        });
+        // Deepest first, so the root ends most recent (see type docs).
+        for &h in hashes.iter().rev() {
+            if let Some((old, ())) = lru.push(h, ())
+                && old != h
+            {
+                detach(&mut self.entries, old, slot);
+            }
+            let entry = self.entries.entry(h).or_default();
+            if !entry.holders.contains(&slot) {
+                entry.holders.push(slot);
+            }
+        }
+        for (i, is_new_child) in branch.iter().enumerate() {
+            if *is_new_child && let Some(e) = self.entries.get_mut(&hashes[i]) {
+                e.fanout = e.fanout.saturating_add(1);
+            }
+        }
+    }
+
+    /// Forgets `slot`'s blocks of `hashes` from position `keep` on (the engine
+    /// reported it holds only the first `keep`). Returns how many were dropped.
+    pub fn truncate(&mut self, slot: Slot, hashes: &[u64], keep: usize) -> usize {
+        let Some(Some(lru)) = self.replicas.get_mut(slot as usize) else {
+            return 0;
+        };
+        let mut dropped = 0;
+        for &h in hashes.iter().skip(keep) {
+            if lru.pop(&h).is_some() {
+                detach(&mut self.entries, h, slot);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Forgets everything `slot` held (the replica left). Returns its blocks,
+    /// most recent first.
+    pub fn remove_replica(&mut self, slot: Slot) -> Vec<u64> {
+        let Some(Some(lru)) = self.replicas.get_mut(slot as usize).map(Option::take) else {
+            return Vec::new();
+        };
+        let blocks: Vec<u64> = lru.iter().map(|(h, ())| *h).collect();
+        for &h in &blocks {
+            detach(&mut self.entries, h, slot);
+        }
+        blocks
+    }
+}
+
+fn detach(entries: &mut HashMap<u64, Entry, HashIdentity>, h: u64, slot: Slot) {
+    if let Some(e) = entries.get_mut(&h) {
+        e.holders.retain(|s| *s != slot);
+        if e.holders.is_empty() {
+            entries.remove(&h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(prefix: &[u64], extra: &[u64]) -> Vec<u64> {
+        prefix.iter().chain(extra).copied().collect()
+    }
+
+    #[test]
+    fn lookup_counts_leading_blocks_per_replica() {
+        let mut ix = PrefixIndex::new(100);
+        ix.record(0, &[1, 2, 3, 4]);
+        ix.record(1, &[1, 2]);
+        let m = ix.lookup(&[1, 2, 3, 9], u16::MAX);
+        assert_eq!(m.matched, vec![(0, 3), (1, 2)]);
+        assert_eq!(m.blocks_for(0), 3);
+        assert_eq!(m.blocks_for(7), 0);
+    }
+
+    #[test]
+    fn a_prompt_fully_held_matches_all_its_blocks() {
+        let mut ix = PrefixIndex::new(100);
+        ix.record(2, &[5, 6, 7]);
+        assert_eq!(ix.lookup(&[5, 6, 7], u16::MAX).matched, vec![(2, 3)]);
+        assert_eq!(ix.lookup(&[5, 6], u16::MAX).matched, vec![(2, 2)]);
+    }
+
+    #[test]
+    fn capacity_evicts_least_recent_prefix_tails_first() {
+        let mut ix = PrefixIndex::new(4);
+        ix.record(0, &[1, 2, 3]);
+        ix.record(0, &[10, 11]);
+        // Capacity 4: the oldest tail block (3) went first, prefix 1,2 kept.
+        assert_eq!(ix.blocks_held(0), 4);
+        assert_eq!(ix.lookup(&[1, 2, 3], u16::MAX).matched, vec![(0, 2)]);
+        assert_eq!(ix.lookup(&[10, 11], u16::MAX).matched, vec![(0, 2)]);
+        assert_eq!(ix.len(), 4);
+    }
+
+    #[test]
+    fn fanout_marks_a_prefix_that_many_requests_branch_from() {
+        let mut ix = PrefixIndex::new(100);
+        let system = [1, 2, 3];
+        for s in 0..5u64 {
+            ix.record(s as Slot % 2, &chain(&system, &[100 + s, 200 + s]));
+        }
+        let m = ix.lookup(&chain(&system, &[999]), 4);
+        assert_eq!(m.shared, 3, "the system prompt is the hot shared part");
+        // A conversation that only extends itself is not a branch point.
+        let mut ix = PrefixIndex::new(100);
+        ix.record(0, &[1, 2]);
+        ix.record(0, &[1, 2, 3, 4]);
+        ix.record(0, &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(ix.lookup(&[1, 2, 3, 4, 5, 6, 7], 4).shared, 0);
+    }
+
+    #[test]
+    fn truncate_drops_blocks_beyond_what_the_engine_reported() {
+        let mut ix = PrefixIndex::new(100);
+        ix.record(0, &[1, 2, 3, 4]);
+        ix.record(1, &[1, 2, 3, 4]);
+        assert_eq!(ix.truncate(0, &[1, 2, 3, 4], 1), 3);
+        let m = ix.lookup(&[1, 2, 3, 4], u16::MAX);
+        assert_eq!(m.matched, vec![(0, 1), (1, 4)]);
+    }
+
+    #[test]
+    fn removing_a_replica_forgets_its_blocks_only() {
+        let mut ix = PrefixIndex::new(100);
+        ix.record(0, &[1, 2]);
+        ix.record(1, &[1, 3]);
+        let gone = ix.remove_replica(0);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(ix.lookup(&[1, 2], u16::MAX).matched, vec![(1, 1)]);
+        assert_eq!(ix.len(), 2);
+        assert_eq!(ix.blocks_held(0), 0);
+    }
+}

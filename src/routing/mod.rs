@@ -1,0 +1,14 @@
+//! Pure routing: request bytes → canonical prompt → chained block hashes →
+//! prefix index, ring and load bound → a decision. No I/O, no clock reads.
+
+pub mod blocks;
+pub mod index;
+pub mod picker;
+pub mod prompt;
+pub mod ring;
+
+pub use blocks::{BlockHasher, block_hashes};
+pub use index::{PrefixIndex, PrefixMatch};
+pub use picker::{Decision, Policy, Reason, RouteError, Router, RoutingConfig};
+pub use prompt::{Endpoint, Prompt, canonical_prompt};
+pub use ring::Ring;

@@ -1,0 +1,544 @@
+//! The routing decision: replica table, load bound, warm/cold/session choice,
+//! ejection back-off. Pure: the caller passes `now` and does all I/O.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::blocks::BlockHasher;
+use super::index::{PrefixIndex, PrefixMatch, Slot};
+use super::ring::{DEFAULT_VNODES, Ring};
+
+/// How replicas are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Prefix-aware with bounded load (the product).
+    #[default]
+    Kvmesh,
+    /// Each healthy replica in turn (a baseline).
+    RoundRobin,
+    /// Fewest requests in flight (a baseline).
+    LeastLoaded,
+}
+
+impl Policy {
+    /// The policy's name as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Kvmesh => "kvmesh",
+            Policy::RoundRobin => "round-robin",
+            Policy::LeastLoaded => "least-loaded",
+        }
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kvmesh" => Ok(Policy::Kvmesh),
+            "round-robin" => Ok(Policy::RoundRobin),
+            "least-loaded" => Ok(Policy::LeastLoaded),
+            other => Err(format!(
+                "unknown policy {other:?}; expected kvmesh, round-robin or least-loaded"
+            )),
+        }
+    }
+}
+
+/// Settings of the routing algorithm.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// Which algorithm picks replicas.
+    pub policy: Policy,
+    /// Block size and how many blocks are hashed.
+    pub hasher: BlockHasher,
+    /// `c` of the load bound: a replica is eligible while its in-flight count
+    /// is below `ceil(c · (total_in_flight + 1) / replicas)`. At least 1.0.
+    pub load_factor: f64,
+    /// Blocks remembered per replica (its KV cache, in blocks).
+    pub index_capacity_blocks: usize,
+    /// A block with at least this many distinct continuations is a hot shared
+    /// prefix (a system prompt). 0 = automatic: max(4, replicas).
+    pub hot_prefix_fanout: u16,
+    /// Cost of one queued (not yet prefilled) block ahead, relative to one
+    /// block to compute. 1.0: TTFT grows with both alike.
+    pub queue_weight: f64,
+    /// Virtual nodes per replica on the ring.
+    pub vnodes: usize,
+    /// Consecutive failures that eject a replica.
+    pub eject_after_failures: u32,
+    /// First ejection's length; each further one doubles it.
+    pub eject_base: Duration,
+    /// Longest ejection.
+    pub eject_max: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Kvmesh,
+            hasher: BlockHasher::default(),
+            load_factor: 1.25,
+            index_capacity_blocks: 32_768,
+            hot_prefix_fanout: 0,
+            queue_weight: 1.0,
+            vnodes: DEFAULT_VNODES,
+            eject_after_failures: 3,
+            eject_base: Duration::from_secs(1),
+            eject_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a replica was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// It holds the longest useful prefix of the prompt.
+    Warm,
+    /// Nobody holds a useful prefix: ring placement from the request's own key.
+    Cold,
+    /// The session header keyed the ring.
+    Session,
+    /// No prompt (or a baseline policy): chosen by load alone.
+    Load,
+}
+
+impl Reason {
+    /// Stable lowercase label (metrics, logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Warm => "warm",
+            Reason::Cold => "cold",
+            Reason::Session => "session",
+            Reason::Load => "load",
+        }
+    }
+}
+
+/// What the router decided for one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The chosen replica.
+    pub replica: Slot,
+    /// Why.
+    pub reason: Reason,
+    /// Leading prompt blocks the chosen replica was believed to hold.
+    pub matched_blocks: u32,
+    /// Prompt blocks hashed.
+    pub total_blocks: u32,
+    /// Blocks still to prefill there, counted as queued until first byte.
+    pub pending_blocks: u64,
+}
+
+/// Why no replica could be chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The replica set is empty.
+    #[error("no replicas are configured")]
+    NoReplicas,
+    /// Every replica is ejected or was already tried.
+    #[error("no healthy replica is available")]
+    NoHealthyReplica,
+}
+
+/// One request as the router sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteRequest<'a> {
+    /// Chained block hashes of the canonical prompt (empty: no prompt).
+    pub hashes: &'a [u64],
+    /// Session affinity key (the session header's value), if any.
+    pub session: Option<&'a str>,
+}
+
+#[derive(Debug)]
+struct Replica {
+    name: String,
+    in_flight: u32,
+    pending_blocks: u64,
+    failures: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+impl Replica {
+    fn healthy(&self, now: Instant) -> bool {
+        self.ejected_until.is_none_or(|t| now >= t)
+    }
+}
+
+/// A point-in-time view of one replica, for metrics and readiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// Slot (local handle).
+    pub slot: Slot,
+    /// Replica name (URL or pod name).
+    pub name: String,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Blocks routed there and not yet prefilled.
+    pub pending_blocks: u64,
+    /// Not ejected.
+    pub healthy: bool,
+    /// Blocks the index believes it holds.
+    pub indexed_blocks: usize,
+}
+
+/// The router's whole state: replica table, ring, prefix index, loads.
+///
+/// Every method is synchronous and takes `now` where time matters; the proxy
+/// wraps it in a lock, the offline benchmark drives it in virtual time.
+#[derive(Debug)]
+pub struct Router {
+    cfg: RoutingConfig,
+    replicas: Vec<Option<Replica>>,
+    by_name: HashMap<String, Slot>,
+    ring: Ring,
+    index: PrefixIndex,
+    rr: usize,
+}
+
+impl Router {
+    /// A router with no replicas.
+    pub fn new(cfg: RoutingConfig) -> Self {
+        let index = PrefixIndex::new(cfg.index_capacity_blocks);
+        let ring = Ring::new(std::iter::empty(), cfg.vnodes);
+        Self {
+            cfg,
+            replicas: Vec::new(),
+            by_name: HashMap::new(),
+            ring,
+            index,
+            rr: 0,
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &RoutingConfig {
+        &self.cfg
+    }
+
+    /// Sets the replica set by name. New names join, missing names leave
+    /// (their index entries are forgotten); the ring is rebuilt only when
+    /// membership changed. Returns true when it changed.
+    pub fn set_replicas<S: AsRef<str>>(&mut self, names: &[S]) -> bool {
+        let wanted: std::collections::HashSet<&str> = names.iter().map(|n| n.as_ref()).collect();
+        let mut changed = false;
+        let leaving: Vec<String> = self
+            .by_name
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in leaving {
+            if let Some(slot) = self.by_name.remove(&name) {
+                self.index.remove_replica(slot);
+                self.replicas[slot as usize] = None;
+                changed = true;
+            }
+        }
+        for name in names {
+            let name = name.as_ref();
+            if self.by_name.contains_key(name) {
+                continue;
+            }
+            let replica = Replica {
+                name: name.to_string(),
+                in_flight: 0,
+                pending_blocks: 0,
+                failures: 0,
+                ejections: 0,
+                ejected_until: None,
+            };
+            let slot = match self.replicas.iter().position(Option::is_none) {
+                Some(free) => {
+                    self.replicas[free] = Some(replica);
+                    free
+                }
+                None => {
+                    self.replicas.push(Some(replica));
+                    self.replicas.len() - 1
+                }
+            } as Slot;
+            self.by_name.insert(name.to_string(), slot);
+            changed = true;
+        }
+        if changed {
+            self.ring = Ring::new(
+                self.by_name.iter().map(|(n, s)| (n.clone(), *s)),
+                self.cfg.vnodes,
+            );
+        }
+        changed
+    }
+
+    /// The slot of a replica name.
+    pub fn slot_of(&self, name: &str) -> Option<Slot> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The name of a replica slot.
+    pub fn name_of(&self, slot: Slot) -> Option<&str> {
+        self.replica(slot).map(|r| r.name.as_str())
+    }
+
+    /// Number of replicas.
+    pub fn replica_count(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Replicas not ejected at `now`.
+    pub fn healthy_count(&self, now: Instant) -> usize {
+        self.live().filter(|(_, r)| r.healthy(now)).count()
+    }
+
+    /// Status of every replica, by slot.
+    pub fn status(&self, now: Instant) -> Vec<ReplicaStatus> {
+        self.live()
+            .map(|(slot, r)| ReplicaStatus {
+                slot,
+                name: r.name.clone(),
+                in_flight: r.in_flight,
+                pending_blocks: r.pending_blocks,
+                healthy: r.healthy(now),
+                indexed_blocks: self.index.blocks_held(slot),
+            })
+            .collect()
+    }
+
+    /// The prefix index (read-only).
+    pub fn index(&self) -> &PrefixIndex {
+        &self.index
+    }
+
+    /// Chooses a replica for `req`, skipping `exclude` (replicas already
+    /// tried), and accounts for it: in flight +1, pending prefill +uncached,
+    /// and the prompt's blocks recorded for it. Call [`Router::finish`] once
+    /// the attempt ends, whatever its outcome.
+    pub fn route(
+        &mut self,
+        req: &RouteRequest<'_>,
+        exclude: &[Slot],
+        now: Instant,
+    ) -> Result<Decision, RouteError> {
+        if self.by_name.is_empty() {
+            return Err(RouteError::NoReplicas);
+        }
+        let candidates: Vec<(Slot, u32)> = self
+            .live()
+            .filter(|(s, r)| r.healthy(now) && !exclude.contains(s))
+            .map(|(s, r)| (s, r.in_flight))
+            .collect();
+        if candidates.is_empty() {
+            return Err(RouteError::NoHealthyReplica);
+        }
+        let decision = self.pick(req, &candidates);
+        let r = self.replica_mut(decision.replica);
+        r.in_flight += 1;
+        r.pending_blocks += decision.pending_blocks;
+        if !req.hashes.is_empty() {
+            self.index.record(decision.replica, req.hashes);
+        }
+        Ok(decision)
+    }
+
+    /// The first response byte arrived: the replica finished this prefill.
+    pub fn first_byte(&mut self, decision: &mut Decision) {
+        let pending = std::mem::take(&mut decision.pending_blocks);
+        if let Some(r) = self.replica_mut_opt(decision.replica) {
+            r.pending_blocks = r.pending_blocks.saturating_sub(pending);
+        }
+    }
+
+    /// The attempt ended (response finished, failed, or the client left).
+    pub fn finish(&mut self, decision: &mut Decision) {
+        self.first_byte(decision);
+        if let Some(r) = self.replica_mut_opt(decision.replica) {
+            r.in_flight = r.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// The replica answered: its failure streak ends.
+    pub fn report_success(&mut self, slot: Slot) {
+        if let Some(r) = self.replica_mut_opt(slot) {
+            r.failures = 0;
+            r.ejections = 0;
+        }
+    }
+
+    /// The replica failed (connect error or reset before any response byte).
+    /// Returns true when this failure ejected it.
+    pub fn report_failure(&mut self, slot: Slot, now: Instant) -> bool {
+        let (after, base, max) = (
+            self.cfg.eject_after_failures.max(1),
+            self.cfg.eject_base,
+            self.cfg.eject_max,
+        );
+        let Some(r) = self.replica_mut_opt(slot) else {
+            return false;
+        };
+        if !r.healthy(now) {
+            return false;
+        }
+        r.failures += 1;
+        // Back from an ejection, one more failure ejects again, for longer.
+        if r.failures >= after || r.ejections > 0 {
+            let backoff = base
+                .saturating_mul(1u32 << r.ejections.min(16))
+                .min(max);
+            r.ejected_until = Some(now + backoff);
+            r.ejections += 1;
+            r.failures = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Forgets `slot`'s blocks of `hashes` beyond the first `keep` (engine
+    /// feedback said it holds fewer). Returns the number dropped.
+    pub fn correct_prefix(&mut self, slot: Slot, hashes: &[u64], keep: usize) -> usize {
+        self.index.truncate(slot, hashes, keep)
+    }
+
+    fn pick(&mut self, req: &RouteRequest<'_>, candidates: &[(Slot, u32)]) -> Decision {
+        let total_blocks = req.hashes.len() as u32;
+        let decision = |replica, reason, matched: u32| Decision {
+            replica,
+            reason,
+            matched_blocks: matched,
+            total_blocks,
+            pending_blocks: u64::from(total_blocks - matched.min(total_blocks)),
+        };
+        match self.cfg.policy {
+            Policy::RoundRobin => {
+                self.rr = self.rr.wrapping_add(1);
+                let (slot, _) = candidates[self.rr % candidates.len()];
+                let matched = self.index.lookup(req.hashes, u16::MAX).blocks_for(slot);
+                return decision(slot, Reason::Load, matched);
+            }
+            Policy::LeastLoaded => {
+                let slot = self.least_loaded(candidates);
+                let matched = self.index.lookup(req.hashes, u16::MAX).blocks_for(slot);
+                return decision(slot, Reason::Load, matched);
+            }
+            Policy::Kvmesh => {}
+        }
+        let bound = load_bound(self.cfg.load_factor, candidates);
+        let eligible = |slot: Slot| {
+            candidates
+                .iter()
+                .any(|&(s, load)| s == slot && load < bound)
+        };
+        if let Some(session) = req.session {
+            let slot = self.ring_first(xxh3_64(session.as_bytes()), &eligible);
+            let matched = self.index.lookup(req.hashes, u16::MAX).blocks_for(slot);
+            return decision(slot, Reason::Session, matched);
+        }
+        if req.hashes.is_empty() {
+            let eligible: Vec<(Slot, u32)> = candidates
+                .iter()
+                .copied()
+                .filter(|&(_, load)| load < bound)
+                .collect();
+            let slot = self.least_loaded(&eligible);
+            return decision(slot, Reason::Load, 0);
+        }
+        let n = req.hashes.len();
+        let hot = match self.cfg.hot_prefix_fanout {
+            0 => self.replica_count().max(4).min(u16::MAX as usize) as u16,
+            f => f,
+        };
+        let m: PrefixMatch = self.index.lookup(req.hashes, hot);
+        // A match that ends inside the hot shared prefix is worth nothing:
+        // every replica soon holds that part.
+        let useful = |slot: Slot| {
+            let held = m.blocks_for(slot);
+            if held > m.shared { held } else { 0 }
+        };
+        let best_useful = candidates
+            .iter()
+            .filter(|&&(s, load)| load < bound && useful(s) > 0)
+            .map(|&(s, _)| useful(s))
+            .max()
+            .unwrap_or(0);
+        // Key ties and cold placement by the block where this request parts
+        // from what is shared and known: never by a prefix everyone carries.
+        let key_at = (m.shared.max(best_useful) as usize).min(n - 1);
+        let key = req.hashes[key_at];
+        let cold = self.ring_first(key, &eligible);
+        if best_useful == 0 {
+            return decision(cold, Reason::Cold, m.blocks_for(cold));
+        }
+        // Cost = blocks to compute there + queued prefill ahead of it.
+        let cost = |slot: Slot, useful_blocks: u32| -> f64 {
+            let pending = self.replica(slot).map_or(0, |r| r.pending_blocks);
+            (n as u64 - u64::from(useful_blocks)) as f64 + self.cfg.queue_weight * pending as f64
+        };
+        let mut best = (cold, 0u32, cost(cold, 0));
+        for slot in self.ring.candidates(key) {
+            let u = useful(slot);
+            if u == 0 || !eligible(slot) {
+                continue;
+            }
+            let c = cost(slot, u);
+            if c < best.2 || (c == best.2 && u > best.1) {
+                best = (slot, u, c);
+            }
+        }
+        let reason = if best.1 > 0 { Reason::Warm } else { Reason::Cold };
+        decision(best.0, reason, m.blocks_for(best.0))
+    }
+
+    /// First replica on the ring from `key` that passes `eligible`. The load
+    /// bound guarantees one exists among the candidates.
+    fn ring_first(&self, key: u64, eligible: &impl Fn(Slot) -> bool) -> Slot {
+        self.ring
+            .candidates(key)
+            .find(|s| eligible(*s))
+            .or_else(|| self.ring.candidates(key).next())
+            .unwrap_or(0)
+    }
+
+    fn least_loaded(&mut self, candidates: &[(Slot, u32)]) -> Slot {
+        let min = candidates.iter().map(|c| c.1).min().unwrap_or(0);
+        let tied: Vec<Slot> = candidates
+            .iter()
+            .filter(|c| c.1 == min)
+            .map(|c| c.0)
+            .collect();
+        self.rr = self.rr.wrapping_add(1);
+        tied.get(self.rr % tied.len().max(1)).copied().unwrap_or(0)
+    }
+
+    fn live(&self) -> impl Iterator<Item = (Slot, &Replica)> {
+        self.replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|r| (i as Slot, r)))
+    }
+
+    fn replica(&self, slot: Slot) -> Option<&Replica> {
+        self.replicas.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn replica_mut_opt(&mut self, slot: Slot) -> Option<&mut Replica> {
+        self.replicas.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    fn replica_mut(&mut self, slot: Slot) -> &mut Replica {
+        // Invariant: `pick` only returns slots taken from live candidates.
+        self.replicas[slot as usize]
+            .as_mut()
+            .expect("picked slot is a live replica")
+    }
+}
+
+/// `ceil(c · (total + 1) / n)`: the most in-flight requests a replica may
+/// already have and still take one more (Mirrokni–Thorup–Zadimoghaddam).
+pub fn load_bound(load_factor: f64, candidates: &[(Slot, u32)]) -> u32 {
+    let total: u64 = candidates.iter().map(|c| u64::from(c.1)).sum();
+    let n = candidates.len().max(1) as f64;
+    (load_factor.max(1.0) * (total as f64 + 1.0) / n).ceil() as u32
+}

@@ -1,0 +1,253 @@
+//! Routing algorithm, through the public API: determinism, load bound,
+//! stickiness, hot shared prefixes, ejection.
+
+use std::time::{Duration, Instant};
+
+use kvmesh::routing::picker::{RouteRequest, load_bound};
+use kvmesh::routing::{BlockHasher, Policy, Reason, RouteError, Router, RoutingConfig};
+use proptest::prelude::*;
+
+fn router(n: usize, policy: Policy) -> Router {
+    let mut r = Router::new(RoutingConfig {
+        policy,
+        ..RoutingConfig::default()
+    });
+    let names: Vec<String> = (0..n).map(|i| format!("engine-{i}")).collect();
+    r.set_replicas(&names);
+    r
+}
+
+fn hashes(text: &str) -> Vec<u64> {
+    BlockHasher::default().hash("model", text.as_bytes())
+}
+
+/// A conversation's prompt after `turns` turns, under one shared system prompt.
+fn conversation(system: &str, session: usize, turns: usize) -> String {
+    let mut s = String::from(system);
+    for t in 0..turns {
+        s.push_str(&format!(
+            "<user>session {session} asks question number {t} about topic {}</user>",
+            session * 7919 + t
+        ));
+        s.push_str(&format!("<assistant>a reasonably long answer to question {t} of session {session}, with detail</assistant>"));
+    }
+    s
+}
+
+fn shares(counts: &[usize]) -> f64 {
+    let total: usize = counts.iter().sum();
+    let mean = total as f64 / counts.len() as f64;
+    *counts.iter().max().unwrap_or(&0) as f64 / mean
+}
+
+#[test]
+fn follow_up_turns_stick_while_sessions_spread_under_one_system_prompt() {
+    let now = Instant::now();
+    let system = "You are a helpful assistant. ".repeat(80); // ~2.3 KB shared by all
+    let mut r = router(4, Policy::Kvmesh);
+    let mut home = vec![None; 200];
+    let (mut counts, mut sticky, mut followups) = (vec![0usize; 4], 0, 0);
+    for turn in 1..=6 {
+        for (session, home) in home.iter_mut().enumerate() {
+            let h = hashes(&conversation(&system, session, turn));
+            let mut d = r
+                .route(&RouteRequest { hashes: &h, session: None }, &[], now)
+                .expect("route");
+            r.finish(&mut d);
+            counts[d.replica as usize] += 1;
+            if let Some(prev) = *home {
+                followups += 1;
+                sticky += usize::from(prev == d.replica);
+            }
+            *home = Some(d.replica);
+        }
+    }
+    let stick = sticky as f64 / followups as f64;
+    assert!(stick >= 0.95, "follow-ups on the previous replica: {stick}");
+    assert!(shares(&counts) <= 1.25, "max/mean share {counts:?}");
+}
+
+#[test]
+fn concurrent_requests_for_one_hot_prefix_spill_to_ring_successors() {
+    let now = Instant::now();
+    let mut r = router(4, Policy::Kvmesh);
+    let h = hashes(&"the same long document ".repeat(100));
+    let mut used = std::collections::HashSet::new();
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let d = r
+            .route(&RouteRequest { hashes: &h, session: None }, &[], now)
+            .expect("route");
+        used.insert(d.replica);
+        held.push(d);
+    }
+    assert!(used.len() > 1, "40 concurrent identical prompts all on one replica");
+    let loads: Vec<u32> = r.status(now).iter().map(|s| s.in_flight).collect();
+    assert!(*loads.iter().max().unwrap_or(&0) <= load_bound(1.25, &[(0, 39)]).max(13));
+}
+
+#[test]
+fn a_session_header_keys_the_ring() {
+    let now = Instant::now();
+    let mut r = router(8, Policy::Kvmesh);
+    let mut first = r
+        .route(&RouteRequest { hashes: &hashes("a"), session: Some("user-1") }, &[], now)
+        .expect("route");
+    assert_eq!(first.reason, Reason::Session);
+    r.finish(&mut first);
+    for text in ["b", "something else entirely", ""] {
+        let mut d = r
+            .route(&RouteRequest { hashes: &hashes(text), session: Some("user-1") }, &[], now)
+            .expect("route");
+        assert_eq!(d.replica, first.replica);
+        r.finish(&mut d);
+    }
+}
+
+#[test]
+fn requests_without_a_prompt_go_to_the_least_loaded_replica() {
+    let now = Instant::now();
+    let mut r = router(3, Policy::Kvmesh);
+    let busy = r
+        .route(&RouteRequest { hashes: &[], session: None }, &[], now)
+        .expect("route");
+    assert_eq!(busy.reason, Reason::Load);
+    let next = r
+        .route(&RouteRequest { hashes: &[], session: None }, &[], now)
+        .expect("route");
+    assert_ne!(next.replica, busy.replica);
+}
+
+#[test]
+fn round_robin_visits_every_replica_in_turn() {
+    let now = Instant::now();
+    let mut r = router(3, Policy::RoundRobin);
+    let h = hashes("same prompt");
+    let picks: Vec<u32> = (0..6)
+        .map(|_| {
+            let mut d = r.route(&RouteRequest { hashes: &h, session: None }, &[], now).expect("route");
+            r.finish(&mut d);
+            d.replica
+        })
+        .collect();
+    assert_eq!(picks[..3].iter().collect::<std::collections::HashSet<_>>().len(), 3);
+    assert_eq!(picks[..3], picks[3..]);
+}
+
+#[test]
+fn repeated_failures_eject_a_replica_until_its_backoff_ends() {
+    let t0 = Instant::now();
+    let mut r = router(2, Policy::Kvmesh);
+    let bad = r.slot_of("engine-0").expect("slot");
+    assert!(!r.report_failure(bad, t0));
+    assert!(!r.report_failure(bad, t0));
+    assert!(r.report_failure(bad, t0), "third consecutive failure ejects");
+    assert_eq!(r.healthy_count(t0), 1);
+    for _ in 0..20 {
+        let mut d = r.route(&RouteRequest { hashes: &hashes("x"), session: None }, &[], t0).expect("route");
+        assert_ne!(d.replica, bad);
+        r.finish(&mut d);
+    }
+    // After one second it is tried again; one more failure ejects it for two.
+    let t1 = t0 + Duration::from_millis(1001);
+    assert_eq!(r.healthy_count(t1), 2);
+    assert!(r.report_failure(bad, t1));
+    assert_eq!(r.healthy_count(t1 + Duration::from_millis(1999)), 1);
+    assert_eq!(r.healthy_count(t1 + Duration::from_millis(2001)), 2);
+    // A success clears the streak.
+    r.report_success(bad);
+    assert!(!r.report_failure(bad, t1 + Duration::from_secs(3)));
+}
+
+#[test]
+fn no_replica_left_is_an_error_not_a_panic() {
+    let now = Instant::now();
+    let mut r = router(0, Policy::Kvmesh);
+    let req = RouteRequest { hashes: &[1, 2], session: None };
+    assert_eq!(r.route(&req, &[], now), Err(RouteError::NoReplicas));
+    let mut r = router(2, Policy::Kvmesh);
+    let all = [0, 1];
+    assert_eq!(r.route(&req, &all, now), Err(RouteError::NoHealthyReplica));
+}
+
+#[test]
+fn a_replica_that_leaves_loses_its_index_entries_and_keys() {
+    let now = Instant::now();
+    let mut r = router(3, Policy::Kvmesh);
+    let h = hashes(&"doc ".repeat(64));
+    let mut d = r.route(&RouteRequest { hashes: &h, session: None }, &[], now).expect("route");
+    r.finish(&mut d);
+    let gone = r.name_of(d.replica).expect("name").to_string();
+    let keep: Vec<String> = (0..3).map(|i| format!("engine-{i}")).filter(|n| *n != gone).collect();
+    assert!(r.set_replicas(&keep));
+    assert_eq!(r.replica_count(), 2);
+    let d2 = r.route(&RouteRequest { hashes: &h, session: None }, &[], now).expect("route");
+    assert_eq!(d2.reason, Reason::Cold);
+    assert_ne!(r.name_of(d2.replica), Some(gone.as_str()));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Route { prompt: u8, len: u8, session: bool },
+    Finish(usize),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(
+        prop_oneof![
+            3 => (any::<u8>(), 1u8..40, proptest::bool::weighted(0.1))
+                .prop_map(|(prompt, len, session)| Op::Route { prompt: prompt % 16, len, session }),
+            2 => any::<usize>().prop_map(Op::Finish),
+        ],
+        1..300,
+    )
+}
+
+fn prompt_hashes(prompt: u8, len: u8) -> Vec<u64> {
+    let text: String = (0..len).map(|i| format!("[{}:{i}]", prompt % 4)).collect::<String>() + &format!("tail{prompt}");
+    hashes(&text)
+}
+
+/// Runs ops; returns the decisions' replicas, asserting the load bound.
+fn run(replicas: usize, ops: &[Op]) -> Vec<u32> {
+    let now = Instant::now();
+    let mut r = router(replicas, Policy::Kvmesh);
+    let mut open = Vec::new();
+    let mut picks = Vec::new();
+    for op in ops {
+        match op {
+            Op::Route { prompt, len, session } => {
+                let h = prompt_hashes(*prompt, *len);
+                let s = format!("s{prompt}");
+                let before: Vec<(u32, u32)> = r.status(now).iter().map(|s| (s.slot, s.in_flight)).collect();
+                let bound = load_bound(1.25, &before);
+                let d = r
+                    .route(&RouteRequest { hashes: &h, session: session.then_some(s.as_str()) }, &[], now)
+                    .expect("route");
+                let load = before.iter().find(|b| b.0 == d.replica).map(|b| b.1).unwrap_or(0);
+                assert!(load < bound, "replica had {load} in flight, bound {bound}");
+                picks.push(d.replica);
+                open.push(d);
+            }
+            Op::Finish(i) => {
+                if !open.is_empty() {
+                    let mut d = open.swap_remove(i % open.len());
+                    r.finish(&mut d);
+                }
+            }
+        }
+    }
+    picks
+}
+
+proptest! {
+    #[test]
+    fn no_replica_ever_exceeds_the_load_bound(replicas in 1usize..9, ops in ops()) {
+        run(replicas, &ops);
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_decisions(replicas in 1usize..9, ops in ops()) {
+        prop_assert_eq!(run(replicas, &ops), run(replicas, &ops));
+    }
+}
