@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use kvmesh::routing::picker::{RouteRequest, load_bound};
-use kvmesh::routing::{BlockHasher, Policy, Reason, RouteError, Router, RoutingConfig};
+use kvmesh::routing::{
+    BlockHasher, Policy, PromptBlocks, Reason, RouteError, Router, RoutingConfig,
+};
 use proptest::prelude::*;
 
 fn router(n: usize, policy: Policy) -> Router {
@@ -17,7 +19,7 @@ fn router(n: usize, policy: Policy) -> Router {
     r
 }
 
-fn hashes(text: &str) -> Vec<u64> {
+fn hashes(text: &str) -> PromptBlocks {
     BlockHasher::default().hash("model", text.as_bytes())
 }
 
@@ -51,7 +53,14 @@ fn follow_up_turns_stick_while_sessions_spread_under_one_system_prompt() {
         for (session, home) in home.iter_mut().enumerate() {
             let h = hashes(&conversation(&system, session, turn));
             let mut d = r
-                .route(&RouteRequest { hashes: &h, session: None }, &[], now)
+                .route(
+                    &RouteRequest {
+                        blocks: &h,
+                        session: None,
+                    },
+                    &[],
+                    now,
+                )
                 .expect("route");
             r.finish(&mut d);
             counts[d.replica as usize] += 1;
@@ -76,14 +85,24 @@ fn concurrent_requests_for_one_hot_prefix_spill_to_ring_successors() {
     let mut held = Vec::new();
     for _ in 0..40 {
         let d = r
-            .route(&RouteRequest { hashes: &h, session: None }, &[], now)
+            .route(
+                &RouteRequest {
+                    blocks: &h,
+                    session: None,
+                },
+                &[],
+                now,
+            )
             .expect("route");
         used.insert(d.replica);
         held.push(d);
     }
-    assert!(used.len() > 1, "40 concurrent identical prompts all on one replica");
+    assert!(
+        used.len() > 1,
+        "40 concurrent identical prompts all on one replica"
+    );
     let loads: Vec<u32> = r.status(now).iter().map(|s| s.in_flight).collect();
-    assert!(*loads.iter().max().unwrap_or(&0) <= load_bound(1.25, &[(0, 39)]).max(13));
+    assert!(*loads.iter().max().unwrap_or(&0) <= load_bound(1.25, 39.0, 4));
 }
 
 #[test]
@@ -91,13 +110,27 @@ fn a_session_header_keys_the_ring() {
     let now = Instant::now();
     let mut r = router(8, Policy::Kvmesh);
     let mut first = r
-        .route(&RouteRequest { hashes: &hashes("a"), session: Some("user-1") }, &[], now)
+        .route(
+            &RouteRequest {
+                blocks: &hashes("a"),
+                session: Some("user-1"),
+            },
+            &[],
+            now,
+        )
         .expect("route");
     assert_eq!(first.reason, Reason::Session);
     r.finish(&mut first);
     for text in ["b", "something else entirely", ""] {
         let mut d = r
-            .route(&RouteRequest { hashes: &hashes(text), session: Some("user-1") }, &[], now)
+            .route(
+                &RouteRequest {
+                    blocks: &hashes(text),
+                    session: Some("user-1"),
+                },
+                &[],
+                now,
+            )
             .expect("route");
         assert_eq!(d.replica, first.replica);
         r.finish(&mut d);
@@ -109,11 +142,25 @@ fn requests_without_a_prompt_go_to_the_least_loaded_replica() {
     let now = Instant::now();
     let mut r = router(3, Policy::Kvmesh);
     let busy = r
-        .route(&RouteRequest { hashes: &[], session: None }, &[], now)
+        .route(
+            &RouteRequest {
+                blocks: &PromptBlocks::default(),
+                session: None,
+            },
+            &[],
+            now,
+        )
         .expect("route");
     assert_eq!(busy.reason, Reason::Load);
     let next = r
-        .route(&RouteRequest { hashes: &[], session: None }, &[], now)
+        .route(
+            &RouteRequest {
+                blocks: &PromptBlocks::default(),
+                session: None,
+            },
+            &[],
+            now,
+        )
         .expect("route");
     assert_ne!(next.replica, busy.replica);
 }
@@ -125,12 +172,27 @@ fn round_robin_visits_every_replica_in_turn() {
     let h = hashes("same prompt");
     let picks: Vec<u32> = (0..6)
         .map(|_| {
-            let mut d = r.route(&RouteRequest { hashes: &h, session: None }, &[], now).expect("route");
+            let mut d = r
+                .route(
+                    &RouteRequest {
+                        blocks: &h,
+                        session: None,
+                    },
+                    &[],
+                    now,
+                )
+                .expect("route");
             r.finish(&mut d);
             d.replica
         })
         .collect();
-    assert_eq!(picks[..3].iter().collect::<std::collections::HashSet<_>>().len(), 3);
+    assert_eq!(
+        picks[..3]
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3
+    );
     assert_eq!(picks[..3], picks[3..]);
 }
 
@@ -141,10 +203,22 @@ fn repeated_failures_eject_a_replica_until_its_backoff_ends() {
     let bad = r.slot_of("engine-0").expect("slot");
     assert!(!r.report_failure(bad, t0));
     assert!(!r.report_failure(bad, t0));
-    assert!(r.report_failure(bad, t0), "third consecutive failure ejects");
+    assert!(
+        r.report_failure(bad, t0),
+        "third consecutive failure ejects"
+    );
     assert_eq!(r.healthy_count(t0), 1);
     for _ in 0..20 {
-        let mut d = r.route(&RouteRequest { hashes: &hashes("x"), session: None }, &[], t0).expect("route");
+        let mut d = r
+            .route(
+                &RouteRequest {
+                    blocks: &hashes("x"),
+                    session: None,
+                },
+                &[],
+                t0,
+            )
+            .expect("route");
         assert_ne!(d.replica, bad);
         r.finish(&mut d);
     }
@@ -163,7 +237,11 @@ fn repeated_failures_eject_a_replica_until_its_backoff_ends() {
 fn no_replica_left_is_an_error_not_a_panic() {
     let now = Instant::now();
     let mut r = router(0, Policy::Kvmesh);
-    let req = RouteRequest { hashes: &[1, 2], session: None };
+    let blocks = PromptBlocks::from_hashes(vec![1, 2]);
+    let req = RouteRequest {
+        blocks: &blocks,
+        session: None,
+    };
     assert_eq!(r.route(&req, &[], now), Err(RouteError::NoReplicas));
     let mut r = router(2, Policy::Kvmesh);
     let all = [0, 1];
@@ -175,13 +253,34 @@ fn a_replica_that_leaves_loses_its_index_entries_and_keys() {
     let now = Instant::now();
     let mut r = router(3, Policy::Kvmesh);
     let h = hashes(&"doc ".repeat(64));
-    let mut d = r.route(&RouteRequest { hashes: &h, session: None }, &[], now).expect("route");
+    let mut d = r
+        .route(
+            &RouteRequest {
+                blocks: &h,
+                session: None,
+            },
+            &[],
+            now,
+        )
+        .expect("route");
     r.finish(&mut d);
     let gone = r.name_of(d.replica).expect("name").to_string();
-    let keep: Vec<String> = (0..3).map(|i| format!("engine-{i}")).filter(|n| *n != gone).collect();
+    let keep: Vec<String> = (0..3)
+        .map(|i| format!("engine-{i}"))
+        .filter(|n| *n != gone)
+        .collect();
     assert!(r.set_replicas(&keep));
     assert_eq!(r.replica_count(), 2);
-    let d2 = r.route(&RouteRequest { hashes: &h, session: None }, &[], now).expect("route");
+    let d2 = r
+        .route(
+            &RouteRequest {
+                blocks: &h,
+                session: None,
+            },
+            &[],
+            now,
+        )
+        .expect("route");
     assert_eq!(d2.reason, Reason::Cold);
     assert_ne!(r.name_of(d2.replica), Some(gone.as_str()));
 }
@@ -203,8 +302,11 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     )
 }
 
-fn prompt_hashes(prompt: u8, len: u8) -> Vec<u64> {
-    let text: String = (0..len).map(|i| format!("[{}:{i}]", prompt % 4)).collect::<String>() + &format!("tail{prompt}");
+fn prompt_hashes(prompt: u8, len: u8) -> PromptBlocks {
+    let text: String = (0..len)
+        .map(|i| format!("[{}:{i}]", prompt % 4))
+        .collect::<String>()
+        + &format!("tail{prompt}");
     hashes(&text)
 }
 
@@ -214,17 +316,40 @@ fn run(replicas: usize, ops: &[Op]) -> Vec<u32> {
     let mut r = router(replicas, Policy::Kvmesh);
     let mut open = Vec::new();
     let mut picks = Vec::new();
+    // Time stands still here, so the router's load reference is the peak
+    // total in flight so far.
+    let mut peak = 0u32;
     for op in ops {
         match op {
-            Op::Route { prompt, len, session } => {
+            Op::Route {
+                prompt,
+                len,
+                session,
+            } => {
                 let h = prompt_hashes(*prompt, *len);
                 let s = format!("s{prompt}");
-                let before: Vec<(u32, u32)> = r.status(now).iter().map(|s| (s.slot, s.in_flight)).collect();
-                let bound = load_bound(1.25, &before);
+                let before: Vec<(u32, u32)> = r
+                    .status(now)
+                    .iter()
+                    .map(|s| (s.slot, s.in_flight))
+                    .collect();
+                peak = peak.max(before.iter().map(|b| b.1).sum());
+                let bound = load_bound(1.25, f64::from(peak), before.len());
                 let d = r
-                    .route(&RouteRequest { hashes: &h, session: session.then_some(s.as_str()) }, &[], now)
+                    .route(
+                        &RouteRequest {
+                            blocks: &h,
+                            session: session.then_some(s.as_str()),
+                        },
+                        &[],
+                        now,
+                    )
                     .expect("route");
-                let load = before.iter().find(|b| b.0 == d.replica).map(|b| b.1).unwrap_or(0);
+                let load = before
+                    .iter()
+                    .find(|b| b.0 == d.replica)
+                    .map(|b| b.1)
+                    .unwrap_or(0);
                 assert!(load < bound, "replica had {load} in flight, bound {bound}");
                 picks.push(d.replica);
                 open.push(d);

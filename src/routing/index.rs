@@ -7,6 +7,8 @@ use lru::LruCache;
 use nohash_hasher::BuildNoHashHasher;
 use smallvec::SmallVec;
 
+use super::blocks::PromptBlocks;
+
 /// A replica's local handle in the router (its position in the replica table).
 /// Stable while the replica exists; never sent over the wire.
 pub type Slot = u32;
@@ -91,37 +93,70 @@ impl PrefixIndex {
         }
     }
 
-    /// Leading blocks of `hashes` each replica holds, and the hot shared
-    /// depth (blocks whose fan-out is at least `hot_fanout`). O(blocks × holders).
-    pub fn lookup(&self, hashes: &[u64], hot_fanout: u16) -> PrefixMatch {
+    /// Leading blocks of `prompt` each replica holds, and the hot shared
+    /// depth (blocks whose fan-out is at least `hot_fanout`). A replica that
+    /// holds the leading part of the first block it lacks (a recorded tail)
+    /// is credited with that block too. O(blocks × holders).
+    pub fn lookup(&self, prompt: &PromptBlocks, hot_fanout: u16) -> PrefixMatch {
+        let hashes = &prompt.hashes;
         let mut alive: SmallVec<[Slot; 8]> = SmallVec::new();
         let mut done: Vec<(Slot, u32)> = Vec::new();
         let mut shared = 0u32;
-        let mut depth = 0u32;
+        let mut depth = 0usize;
         for (i, h) in hashes.iter().enumerate() {
             let Some(entry) = self.entries.get(h) else {
                 break;
             };
-            if i == 0 {
-                alive.extend(entry.holders.iter().copied());
+            let next: SmallVec<[Slot; 8]> = if i == 0 {
+                entry.holders.iter().copied().collect()
             } else {
-                alive.retain(|s| {
-                    let keep = entry.holders.contains(s);
-                    if !keep {
-                        done.push((*s, i as u32));
-                    }
-                    keep
-                });
-            }
-            if alive.is_empty() {
+                alive
+                    .iter()
+                    .copied()
+                    .filter(|s| entry.holders.contains(s))
+                    .collect()
+            };
+            if next.is_empty() {
                 break;
             }
-            depth = i as u32 + 1;
+            done.extend(
+                alive
+                    .iter()
+                    .filter(|s| !next.contains(s))
+                    .map(|s| (*s, i as u32)),
+            );
+            alive = next;
+            depth = i + 1;
             if entry.fanout >= hot_fanout {
-                shared = depth;
+                shared = depth as u32;
             }
         }
-        done.extend(alive.drain(..).map(|s| (s, depth)));
+        if depth < hashes.len() && (depth == 0 || !alive.is_empty()) {
+            for tail in prompt.tail_probes(depth) {
+                let Some(entry) = self.entries.get(&tail) else {
+                    continue;
+                };
+                let hit: SmallVec<[Slot; 8]> = entry
+                    .holders
+                    .iter()
+                    .copied()
+                    .filter(|s| depth == 0 || alive.contains(s))
+                    .collect();
+                if hit.is_empty() {
+                    continue;
+                }
+                done.extend(
+                    alive
+                        .iter()
+                        .filter(|s| !hit.contains(s))
+                        .map(|s| (*s, depth as u32)),
+                );
+                done.extend(hit.iter().map(|s| (*s, depth as u32 + 1)));
+                alive.clear();
+                break;
+            }
+        }
+        done.extend(alive.drain(..).map(|s| (s, depth as u32)));
         done.sort_unstable();
         PrefixMatch {
             matched: done,
@@ -131,7 +166,8 @@ impl PrefixIndex {
 
     /// Records that `slot` now holds every block of `hashes`, evicting its
     /// least recently used blocks beyond capacity.
-    pub fn record(&mut self, slot: Slot, hashes: &[u64]) {
+    pub fn record(&mut self, slot: Slot, prompt: &PromptBlocks) {
+        let hashes = &prompt.hashes;
         if hashes.is_empty() {
             return;
         }
@@ -145,11 +181,14 @@ impl PrefixIndex {
             self.replicas.resize_with(idx + 1, || None);
         }
         let capacity = self.capacity;
-        let lru = self.replicas[idx].get_or_insert_with(|| {
-            LruCache::with_hasher(capacity, HashIdentity::default())
-        });
+        let lru = self.replicas[idx]
+            .get_or_insert_with(|| LruCache::with_hasher(capacity, HashIdentity::default()));
         // Deepest first, so the root ends most recent (see type docs).
-        for &h in hashes.iter().rev() {
+        for h in prompt
+            .recorded_tail()
+            .into_iter()
+            .chain(hashes.iter().rev().copied())
+        {
             if let Some((old, ())) = lru.push(h, ())
                 && old != h
             {
@@ -209,6 +248,11 @@ fn detach(entries: &mut HashMap<u64, Entry, HashIdentity>, h: u64, slot: Slot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::BlockHasher;
+
+    fn p(h: &[u64]) -> PromptBlocks {
+        PromptBlocks::from_hashes(h.to_vec())
+    }
 
     fn chain(prefix: &[u64], extra: &[u64]) -> Vec<u64> {
         prefix.iter().chain(extra).copied().collect()
@@ -217,9 +261,9 @@ mod tests {
     #[test]
     fn lookup_counts_leading_blocks_per_replica() {
         let mut ix = PrefixIndex::new(100);
-        ix.record(0, &[1, 2, 3, 4]);
-        ix.record(1, &[1, 2]);
-        let m = ix.lookup(&[1, 2, 3, 9], u16::MAX);
+        ix.record(0, &p(&[1, 2, 3, 4]));
+        ix.record(1, &p(&[1, 2]));
+        let m = ix.lookup(&p(&[1, 2, 3, 9]), u16::MAX);
         assert_eq!(m.matched, vec![(0, 3), (1, 2)]);
         assert_eq!(m.blocks_for(0), 3);
         assert_eq!(m.blocks_for(7), 0);
@@ -228,20 +272,20 @@ mod tests {
     #[test]
     fn a_prompt_fully_held_matches_all_its_blocks() {
         let mut ix = PrefixIndex::new(100);
-        ix.record(2, &[5, 6, 7]);
-        assert_eq!(ix.lookup(&[5, 6, 7], u16::MAX).matched, vec![(2, 3)]);
-        assert_eq!(ix.lookup(&[5, 6], u16::MAX).matched, vec![(2, 2)]);
+        ix.record(2, &p(&[5, 6, 7]));
+        assert_eq!(ix.lookup(&p(&[5, 6, 7]), u16::MAX).matched, vec![(2, 3)]);
+        assert_eq!(ix.lookup(&p(&[5, 6]), u16::MAX).matched, vec![(2, 2)]);
     }
 
     #[test]
     fn capacity_evicts_least_recent_prefix_tails_first() {
         let mut ix = PrefixIndex::new(4);
-        ix.record(0, &[1, 2, 3]);
-        ix.record(0, &[10, 11]);
+        ix.record(0, &p(&[1, 2, 3]));
+        ix.record(0, &p(&[10, 11]));
         // Capacity 4: the oldest tail block (3) went first, prefix 1,2 kept.
         assert_eq!(ix.blocks_held(0), 4);
-        assert_eq!(ix.lookup(&[1, 2, 3], u16::MAX).matched, vec![(0, 2)]);
-        assert_eq!(ix.lookup(&[10, 11], u16::MAX).matched, vec![(0, 2)]);
+        assert_eq!(ix.lookup(&p(&[1, 2, 3]), u16::MAX).matched, vec![(0, 2)]);
+        assert_eq!(ix.lookup(&p(&[10, 11]), u16::MAX).matched, vec![(0, 2)]);
         assert_eq!(ix.len(), 4);
     }
 
@@ -250,36 +294,59 @@ mod tests {
         let mut ix = PrefixIndex::new(100);
         let system = [1, 2, 3];
         for s in 0..5u64 {
-            ix.record(s as Slot % 2, &chain(&system, &[100 + s, 200 + s]));
+            ix.record(s as Slot % 2, &p(&chain(&system, &[100 + s, 200 + s])));
         }
-        let m = ix.lookup(&chain(&system, &[999]), 4);
+        let m = ix.lookup(&p(&chain(&system, &[999])), 4);
         assert_eq!(m.shared, 3, "the system prompt is the hot shared part");
         // A conversation that only extends itself is not a branch point.
         let mut ix = PrefixIndex::new(100);
-        ix.record(0, &[1, 2]);
-        ix.record(0, &[1, 2, 3, 4]);
-        ix.record(0, &[1, 2, 3, 4, 5, 6]);
-        assert_eq!(ix.lookup(&[1, 2, 3, 4, 5, 6, 7], 4).shared, 0);
+        ix.record(0, &p(&[1, 2]));
+        ix.record(0, &p(&[1, 2, 3, 4]));
+        ix.record(0, &p(&[1, 2, 3, 4, 5, 6]));
+        assert_eq!(ix.lookup(&p(&[1, 2, 3, 4, 5, 6, 7]), 4).shared, 0);
+    }
+
+    #[test]
+    fn the_next_chat_turn_finds_the_previous_turns_partial_last_block() {
+        let hasher = BlockHasher::default();
+        let turn1 = "system prompt ".repeat(10) + "user: hello there, my question";
+        let turn2 = turn1.clone() + " assistant: an answer that fills the block and more text";
+        let (b1, b2) = (
+            hasher.hash("m", turn1.as_bytes()),
+            hasher.hash("m", turn2.as_bytes()),
+        );
+        let mut ix = PrefixIndex::new(100);
+        ix.record(3, &b1);
+        ix.record(
+            4,
+            &hasher.hash(
+                "m",
+                ("system prompt ".repeat(10) + "user: other").as_bytes(),
+            ),
+        );
+        let m = ix.lookup(&b2, u16::MAX);
+        assert_eq!(m.blocks_for(3), b1.len() as u32, "partial block credited");
+        assert_eq!(m.blocks_for(4), b1.len() as u32 - 1);
     }
 
     #[test]
     fn truncate_drops_blocks_beyond_what_the_engine_reported() {
         let mut ix = PrefixIndex::new(100);
-        ix.record(0, &[1, 2, 3, 4]);
-        ix.record(1, &[1, 2, 3, 4]);
+        ix.record(0, &p(&[1, 2, 3, 4]));
+        ix.record(1, &p(&[1, 2, 3, 4]));
         assert_eq!(ix.truncate(0, &[1, 2, 3, 4], 1), 3);
-        let m = ix.lookup(&[1, 2, 3, 4], u16::MAX);
+        let m = ix.lookup(&p(&[1, 2, 3, 4]), u16::MAX);
         assert_eq!(m.matched, vec![(0, 1), (1, 4)]);
     }
 
     #[test]
     fn removing_a_replica_forgets_its_blocks_only() {
         let mut ix = PrefixIndex::new(100);
-        ix.record(0, &[1, 2]);
-        ix.record(1, &[1, 3]);
+        ix.record(0, &p(&[1, 2]));
+        ix.record(1, &p(&[1, 3]));
         let gone = ix.remove_replica(0);
         assert_eq!(gone.len(), 2);
-        assert_eq!(ix.lookup(&[1, 2], u16::MAX).matched, vec![(1, 1)]);
+        assert_eq!(ix.lookup(&p(&[1, 2]), u16::MAX).matched, vec![(1, 1)]);
         assert_eq!(ix.len(), 2);
         assert_eq!(ix.blocks_held(0), 0);
     }

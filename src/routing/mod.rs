@@ -7,8 +7,8 @@ pub mod picker;
 pub mod prompt;
 pub mod ring;
 
-pub use blocks::{BlockHasher, block_hashes};
+pub use blocks::{BlockHasher, PromptBlocks, block_hashes};
 pub use index::{PrefixIndex, PrefixMatch};
-pub use picker::{Decision, Policy, Reason, RouteError, Router, RoutingConfig};
+pub use picker::{Decision, Policy, Reason, RouteError, RouteRequest, Router, RoutingConfig};
 pub use prompt::{Endpoint, Prompt, canonical_prompt};
 pub use ring::Ring;

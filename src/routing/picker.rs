@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::blocks::BlockHasher;
+use super::blocks::{BlockHasher, PromptBlocks};
 use super::index::{PrefixIndex, PrefixMatch, Slot};
 use super::ring::{DEFAULT_VNODES, Ring};
 
@@ -68,6 +68,11 @@ pub struct RoutingConfig {
     pub queue_weight: f64,
     /// Virtual nodes per replica on the ring.
     pub vnodes: usize,
+    /// Half-life of the load reference. The bound is computed from the
+    /// larger of the current total in flight and its recent peak decayed by
+    /// this half-life, so a momentary lull elsewhere does not push a replica's
+    /// existing sessions off it. Zero: the instantaneous total.
+    pub load_half_life: Duration,
     /// Consecutive failures that eject a replica.
     pub eject_after_failures: u32,
     /// First ejection's length; each further one doubles it.
@@ -86,6 +91,7 @@ impl Default for RoutingConfig {
             hot_prefix_fanout: 0,
             queue_weight: 1.0,
             vnodes: DEFAULT_VNODES,
+            load_half_life: Duration::from_secs(1),
             eject_after_failures: 3,
             eject_base: Duration::from_secs(1),
             eject_max: Duration::from_secs(30),
@@ -145,10 +151,10 @@ pub enum RouteError {
 }
 
 /// One request as the router sees it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct RouteRequest<'a> {
-    /// Chained block hashes of the canonical prompt (empty: no prompt).
-    pub hashes: &'a [u64],
+    /// The canonical prompt's blocks (empty: no prompt).
+    pub blocks: &'a PromptBlocks,
     /// Session affinity key (the session header's value), if any.
     pub session: Option<&'a str>,
 }
@@ -198,6 +204,8 @@ pub struct Router {
     ring: Ring,
     index: PrefixIndex,
     rr: usize,
+    /// Recent peak of the total in flight, and when it was last updated.
+    load_peak: (f64, Option<Instant>),
 }
 
 impl Router {
@@ -212,6 +220,7 @@ impl Router {
             ring,
             index,
             rr: 0,
+            load_peak: (0.0, None),
         }
     }
 
@@ -334,12 +343,14 @@ impl Router {
         if candidates.is_empty() {
             return Err(RouteError::NoHealthyReplica);
         }
-        let decision = self.pick(req, &candidates);
+        let total: u32 = candidates.iter().map(|c| c.1).sum();
+        let reference = self.load_reference(f64::from(total), now);
+        let decision = self.pick(req, &candidates, reference);
         let r = self.replica_mut(decision.replica);
         r.in_flight += 1;
         r.pending_blocks += decision.pending_blocks;
-        if !req.hashes.is_empty() {
-            self.index.record(decision.replica, req.hashes);
+        if !req.blocks.is_empty() {
+            self.index.record(decision.replica, req.blocks);
         }
         Ok(decision)
     }
@@ -385,9 +396,7 @@ impl Router {
         r.failures += 1;
         // Back from an ejection, one more failure ejects again, for longer.
         if r.failures >= after || r.ejections > 0 {
-            let backoff = base
-                .saturating_mul(1u32 << r.ejections.min(16))
-                .min(max);
+            let backoff = base.saturating_mul(1u32 << r.ejections.min(16)).min(max);
             r.ejected_until = Some(now + backoff);
             r.ejections += 1;
             r.failures = 0;
@@ -402,8 +411,30 @@ impl Router {
         self.index.truncate(slot, hashes, keep)
     }
 
-    fn pick(&mut self, req: &RouteRequest<'_>, candidates: &[(Slot, u32)]) -> Decision {
-        let total_blocks = req.hashes.len() as u32;
+    /// The total in flight the load bound is computed from: `total`, or the
+    /// recent peak decayed by the half-life if that is larger.
+    pub fn load_reference(&mut self, total: f64, now: Instant) -> f64 {
+        let (peak, at) = self.load_peak;
+        let half_life = self.cfg.load_half_life.as_secs_f64();
+        let decayed = match at {
+            Some(at) if half_life > 0.0 => {
+                let dt = now.saturating_duration_since(at).as_secs_f64();
+                peak * 0.5f64.powf(dt / half_life)
+            }
+            _ => 0.0,
+        };
+        let reference = total.max(decayed);
+        self.load_peak = (reference, Some(now));
+        reference
+    }
+
+    fn pick(
+        &mut self,
+        req: &RouteRequest<'_>,
+        candidates: &[(Slot, u32)],
+        reference: f64,
+    ) -> Decision {
+        let total_blocks = req.blocks.len() as u32;
         let decision = |replica, reason, matched: u32| Decision {
             replica,
             reason,
@@ -415,17 +446,17 @@ impl Router {
             Policy::RoundRobin => {
                 self.rr = self.rr.wrapping_add(1);
                 let (slot, _) = candidates[self.rr % candidates.len()];
-                let matched = self.index.lookup(req.hashes, u16::MAX).blocks_for(slot);
+                let matched = self.index.lookup(req.blocks, u16::MAX).blocks_for(slot);
                 return decision(slot, Reason::Load, matched);
             }
             Policy::LeastLoaded => {
                 let slot = self.least_loaded(candidates);
-                let matched = self.index.lookup(req.hashes, u16::MAX).blocks_for(slot);
+                let matched = self.index.lookup(req.blocks, u16::MAX).blocks_for(slot);
                 return decision(slot, Reason::Load, matched);
             }
             Policy::Kvmesh => {}
         }
-        let bound = load_bound(self.cfg.load_factor, candidates);
+        let bound = load_bound(self.cfg.load_factor, reference, candidates.len());
         let eligible = |slot: Slot| {
             candidates
                 .iter()
@@ -433,10 +464,10 @@ impl Router {
         };
         if let Some(session) = req.session {
             let slot = self.ring_first(xxh3_64(session.as_bytes()), &eligible);
-            let matched = self.index.lookup(req.hashes, u16::MAX).blocks_for(slot);
+            let matched = self.index.lookup(req.blocks, u16::MAX).blocks_for(slot);
             return decision(slot, Reason::Session, matched);
         }
-        if req.hashes.is_empty() {
+        if req.blocks.is_empty() {
             let eligible: Vec<(Slot, u32)> = candidates
                 .iter()
                 .copied()
@@ -445,12 +476,12 @@ impl Router {
             let slot = self.least_loaded(&eligible);
             return decision(slot, Reason::Load, 0);
         }
-        let n = req.hashes.len();
+        let n = req.blocks.len();
         let hot = match self.cfg.hot_prefix_fanout {
             0 => self.replica_count().max(4).min(u16::MAX as usize) as u16,
             f => f,
         };
-        let m: PrefixMatch = self.index.lookup(req.hashes, hot);
+        let m: PrefixMatch = self.index.lookup(req.blocks, hot);
         // A match that ends inside the hot shared prefix is worth nothing:
         // every replica soon holds that part.
         let useful = |slot: Slot| {
@@ -466,8 +497,13 @@ impl Router {
         // Key ties and cold placement by the block where this request parts
         // from what is shared and known: never by a prefix everyone carries.
         let key_at = (m.shared.max(best_useful) as usize).min(n - 1);
-        let key = req.hashes[key_at];
-        let cold = self.ring_first(key, &eligible);
+        let key = req.blocks.hashes[key_at];
+        // New prefixes take only replicas at or below the mean load (c = 1):
+        // the headroom up to `c` stays for the sessions a replica already has,
+        // so placing new work does not push existing sessions off their home.
+        let fair = load_bound(1.0, reference, candidates.len());
+        let roomy = |slot: Slot| candidates.iter().any(|&(s, load)| s == slot && load < fair);
+        let cold = self.ring_first(key, &roomy);
         if best_useful == 0 {
             return decision(cold, Reason::Cold, m.blocks_for(cold));
         }
@@ -487,7 +523,11 @@ impl Router {
                 best = (slot, u, c);
             }
         }
-        let reason = if best.1 > 0 { Reason::Warm } else { Reason::Cold };
+        let reason = if best.1 > 0 {
+            Reason::Warm
+        } else {
+            Reason::Cold
+        };
         decision(best.0, reason, m.blocks_for(best.0))
     }
 
@@ -524,7 +564,9 @@ impl Router {
     }
 
     fn replica_mut_opt(&mut self, slot: Slot) -> Option<&mut Replica> {
-        self.replicas.get_mut(slot as usize).and_then(Option::as_mut)
+        self.replicas
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
     }
 
     fn replica_mut(&mut self, slot: Slot) -> &mut Replica {
@@ -535,10 +577,10 @@ impl Router {
     }
 }
 
-/// `ceil(c · (total + 1) / n)`: the most in-flight requests a replica may
-/// already have and still take one more (Mirrokni–Thorup–Zadimoghaddam).
-pub fn load_bound(load_factor: f64, candidates: &[(Slot, u32)]) -> u32 {
-    let total: u64 = candidates.iter().map(|c| u64::from(c.1)).sum();
-    let n = candidates.len().max(1) as f64;
-    (load_factor.max(1.0) * (total as f64 + 1.0) / n).ceil() as u32
+/// `ceil(c · (total + 1) / n)`: a replica with fewer requests in flight than
+/// this may take one more (Mirrokni–Thorup–Zadimoghaddam). Some replica is
+/// always below it, since the mean load is at most `total / n`.
+pub fn load_bound(load_factor: f64, total: f64, replicas: usize) -> u32 {
+    let n = replicas.max(1) as f64;
+    (load_factor.max(1.0) * (total + 1.0) / n).ceil() as u32
 }

@@ -88,7 +88,10 @@ mod tests {
         let reversed = ["pod-c", "pod-b", "pod-a"];
         let r2 = ring(&reversed);
         for key in 0..500u64 {
-            assert_eq!(first_name(&r1, &names, key), first_name(&r2, &reversed, key));
+            assert_eq!(
+                first_name(&r1, &names, key),
+                first_name(&r2, &reversed, key)
+            );
         }
     }
 
@@ -110,7 +113,11 @@ mod tests {
     fn many_keys_spread_evenly() {
         let names: Vec<String> = (0..8).map(|i| format!("replica-{i}")).collect();
         let r = Ring::new(
-            names.iter().cloned().enumerate().map(|(i, n)| (n, i as Slot)),
+            names
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, n)| (n, i as Slot)),
             DEFAULT_VNODES,
         );
         let mut counts = [0usize; 8];
@@ -120,8 +127,14 @@ mod tests {
         }
         let max = *counts.iter().max().expect("counts") as f64;
         let min = *counts.iter().min().expect("counts") as f64;
-        assert!(max / 10_000.0 < 1.15, "max share {max} of mean 10000: {counts:?}");
-        assert!(min / 10_000.0 > 0.85, "min share {min} of mean 10000: {counts:?}");
+        assert!(
+            max / 10_000.0 < 1.15,
+            "max share {max} of mean 10000: {counts:?}"
+        );
+        assert!(
+            min / 10_000.0 > 0.85,
+            "min share {min} of mean 10000: {counts:?}"
+        );
     }
 
     proptest! {

@@ -1,0 +1,41 @@
+//! The `kvmesh` command line: one subcommand per mode.
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::{LogFormat, init_logging};
+
+/// Cache-aware LLM request router and KV-cache operator for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "kvmesh", version, about)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "KVMESH_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The L7 proxy: sends each request to the replica most likely to hold its prompt prefix.
+    Router(crate::proxy::RouterArgs),
+}
+
+/// Runs the parsed command line; the error is printed by `main`.
+pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Router(args) => runtime.block_on(crate::proxy::run(args))?,
+    }
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! `kvmesh router` settings: the clap flags (each with a `KVMESH_…` env var),
+//! parsed once into a validated [`ProxyConfig`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::uri::{Authority, Scheme, Uri};
+
+use crate::routing::{BlockHasher, Policy, RoutingConfig};
+
+/// Flags of `kvmesh router`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// Address the proxy listens on (OpenAI-compatible API).
+    #[arg(long, env = "KVMESH_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "KVMESH_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// Inference backend base URL (http://host:port); repeat or comma-separate.
+    #[arg(
+        long = "backend",
+        env = "KVMESH_BACKENDS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub backends: Vec<String>,
+    /// Routing policy: kvmesh (prefix-aware, bounded load), or the baselines
+    /// round-robin and least-loaded.
+    #[arg(long, env = "KVMESH_POLICY", default_value = "kvmesh", value_parser = ["kvmesh", "round-robin", "least-loaded"])]
+    pub policy: String,
+    /// Bytes of canonical prompt per hashed block (64 ≈ 16 tokens).
+    #[arg(long, env = "KVMESH_BLOCK_BYTES", default_value_t = 64)]
+    pub block_bytes: usize,
+    /// Hash at most this many leading blocks of a prompt.
+    #[arg(long, env = "KVMESH_MAX_BLOCKS", default_value_t = 4096)]
+    pub max_blocks: usize,
+    /// Load factor c: a replica takes a request while its in-flight count is
+    /// below ceil(c·(total+1)/replicas). At least 1.0.
+    #[arg(long, env = "KVMESH_LOAD_FACTOR", default_value_t = 1.25)]
+    pub load_factor: f64,
+    /// Prefix blocks remembered per replica (≈ its KV cache size in blocks).
+    #[arg(long, env = "KVMESH_INDEX_CAPACITY_BLOCKS", default_value_t = 32_768)]
+    pub index_capacity_blocks: usize,
+    /// Distinct continuations that make a prefix a hot shared prefix (spread,
+    /// not followed); 0 = max(4, replicas).
+    #[arg(long, env = "KVMESH_HOT_PREFIX_FANOUT", default_value_t = 0)]
+    pub hot_prefix_fanout: u16,
+    /// Weight of queued prefill blocks against blocks to compute.
+    #[arg(long, env = "KVMESH_QUEUE_WEIGHT", default_value_t = 1.0)]
+    pub queue_weight: f64,
+    /// Request header whose value pins a session to a replica (ring key).
+    #[arg(long, env = "KVMESH_SESSION_HEADER", default_value = "x-session-id")]
+    pub session_header: String,
+    /// Largest request body accepted; larger gets 413.
+    #[arg(long, env = "KVMESH_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Time allowed to receive a request body; slower gets 408.
+    #[arg(long, env = "KVMESH_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Time allowed for a client to send request headers.
+    #[arg(long, env = "KVMESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// TCP connect timeout to a backend; a timeout counts as a connect failure.
+    #[arg(long, env = "KVMESH_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Time a backend has to send response headers (long prompts queue for a
+    /// while); past it the client gets 504.
+    #[arg(long, env = "KVMESH_UPSTREAM_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Further replicas tried after a connect failure or a reset before any
+    /// response byte.
+    #[arg(long, env = "KVMESH_RETRIES", default_value_t = 2)]
+    pub retries: usize,
+    /// Consecutive failures that eject a replica.
+    #[arg(long, env = "KVMESH_EJECT_AFTER", default_value_t = 3)]
+    pub eject_after: u32,
+    /// First ejection's length; doubles on each repeat.
+    #[arg(long, env = "KVMESH_EJECT_BASE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub eject_base: Duration,
+    /// Longest ejection.
+    #[arg(long, env = "KVMESH_EJECT_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub eject_max: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight streams may take to finish.
+    #[arg(long, env = "KVMESH_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Speak HTTP/2 without TLS (h2c, prior knowledge) to backends.
+    #[arg(long, env = "KVMESH_UPSTREAM_H2C", default_value_t = false)]
+    pub upstream_h2c: bool,
+}
+
+/// One inference backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Replica identity (ring key, metric label).
+    pub name: String,
+    /// Where requests go.
+    pub authority: Authority,
+}
+
+impl Backend {
+    /// Parses `http://host:port` (no path, query or TLS).
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::Backend {
+            url: url.to_string(),
+            why: why.to_string(),
+        };
+        let uri: Uri = url
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| bad("not a URL"))?;
+        match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => {}
+            Some(_) => return Err(bad("only http:// backends are supported")),
+            None => return Err(bad("missing http:// scheme")),
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad(
+                "a backend is host:port only; the request path is kept as sent",
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| bad("missing host"))?;
+        Ok(Self {
+            name: format!("http://{authority}"),
+            authority,
+        })
+    }
+}
+
+/// Validated settings of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub routing: RoutingConfig,
+    pub backends: Vec<Backend>,
+    pub session_header: HeaderName,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub retries: usize,
+    pub drain_timeout: Duration,
+    pub upstream_h2c: bool,
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("backend {url:?}: {why}")]
+    Backend { url: String, why: String },
+    #[error("backend {0} is listed twice")]
+    DuplicateBackend(String),
+    #[error("--load-factor must be a number ≥ 1.0, got {0}")]
+    LoadFactor(f64),
+    #[error("--queue-weight must be a number ≥ 0, got {0}")]
+    QueueWeight(f64),
+    #[error("--{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("--session-header {0:?} is not a valid header name")]
+    SessionHeader(String),
+    #[error("unknown policy: {0}")]
+    Policy(String),
+}
+
+impl RouterArgs {
+    /// Checks every setting and builds the typed config.
+    pub fn validate(&self) -> Result<ProxyConfig, ConfigError> {
+        if !(self.load_factor >= 1.0 && self.load_factor.is_finite()) {
+            return Err(ConfigError::LoadFactor(self.load_factor));
+        }
+        if !(self.queue_weight >= 0.0 && self.queue_weight.is_finite()) {
+            return Err(ConfigError::QueueWeight(self.queue_weight));
+        }
+        for (name, v) in [
+            ("block-bytes", self.block_bytes),
+            ("max-blocks", self.max_blocks),
+            ("index-capacity-blocks", self.index_capacity_blocks),
+            ("max-body-bytes", self.max_body_bytes),
+            ("eject-after", self.eject_after as usize),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        let session_header =
+            HeaderName::from_bytes(self.session_header.to_ascii_lowercase().as_bytes())
+                .map_err(|_| ConfigError::SessionHeader(self.session_header.clone()))?;
+        let mut backends: Vec<Backend> = Vec::new();
+        for url in &self.backends {
+            let b = Backend::parse(url)?;
+            if backends.iter().any(|x| x.name == b.name) {
+                return Err(ConfigError::DuplicateBackend(b.name));
+            }
+            backends.push(b);
+        }
+        let policy: Policy = self.policy.parse().map_err(ConfigError::Policy)?;
+        Ok(ProxyConfig {
+            routing: RoutingConfig {
+                policy,
+                hasher: BlockHasher {
+                    block_bytes: self.block_bytes,
+                    max_blocks: self.max_blocks,
+                },
+                load_factor: self.load_factor,
+                index_capacity_blocks: self.index_capacity_blocks,
+                hot_prefix_fanout: self.hot_prefix_fanout,
+                queue_weight: self.queue_weight,
+                eject_after_failures: self.eject_after,
+                eject_base: self.eject_base,
+                eject_max: self.eject_max,
+                ..RoutingConfig::default()
+            },
+            backends,
+            session_header,
+            max_body_bytes: self.max_body_bytes,
+            body_timeout: self.body_timeout,
+            header_read_timeout: self.header_read_timeout,
+            connect_timeout: self.connect_timeout,
+            upstream_timeout: self.upstream_timeout,
+            retries: self.retries,
+            drain_timeout: self.drain_timeout,
+            upstream_h2c: self.upstream_h2c,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RouterArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<ProxyConfig, String> {
+        let mut argv = vec!["kvmesh"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        cli.args.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let cfg = parse(&["--backend", "http://127.0.0.1:8000"]).expect("valid");
+        assert_eq!(cfg.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(cfg.retries, 2);
+        assert_eq!(cfg.routing.load_factor, 1.25);
+        assert_eq!(cfg.routing.hasher.block_bytes, 64);
+        assert_eq!(cfg.routing.hasher.max_blocks, 4096);
+        assert_eq!(cfg.routing.index_capacity_blocks, 32_768);
+        assert_eq!(cfg.session_header.as_str(), "x-session-id");
+        assert_eq!(cfg.drain_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.backends[0].name, "http://127.0.0.1:8000");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--backend", "https://a:1"], "only http://"),
+            (&["--backend", "a:1"], "scheme"),
+            (&["--backend", "http://a:1/v1"], "host:port only"),
+            (&["--backend", "http://a:1,http://a:1"], "twice"),
+            (
+                &["--backend", "http://a:1", "--load-factor", "0.5"],
+                "≥ 1.0",
+            ),
+            (
+                &["--backend", "http://a:1", "--load-factor", "NaN"],
+                "≥ 1.0",
+            ),
+            (
+                &["--backend", "http://a:1", "--block-bytes", "0"],
+                "block-bytes",
+            ),
+            (
+                &["--backend", "http://a:1", "--session-header", "bad header"],
+                "header name",
+            ),
+            (
+                &["--backend", "http://a:1", "--policy", "random"],
+                "invalid value",
+            ),
+            (
+                &["--backend", "http://a:1", "--body-timeout", "soon"],
+                "invalid value",
+            ),
+        ];
+        for (argv, want) in cases {
+            let err = parse(argv).expect_err("must be refused");
+            assert!(err.contains(want), "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn comma_separated_backends_are_accepted() {
+        let cfg = parse(&["--backend", "http://a:1,http://b:2/"]).expect("valid");
+        let names: Vec<_> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["http://a:1", "http://b:2"]);
+    }
+}

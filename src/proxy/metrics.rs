@@ -1,0 +1,168 @@
+//! The router's Prometheus metrics: one struct, one `register`, bounded labels.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::routing::{Endpoint, Reason};
+
+/// The parsed API route of a request (bounded: five values).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RouteLabel {
+    completions,
+    chat_completions,
+    responses,
+    messages,
+    other,
+}
+
+impl From<Endpoint> for RouteLabel {
+    fn from(e: Endpoint) -> Self {
+        match e {
+            Endpoint::Completions => RouteLabel::completions,
+            Endpoint::ChatCompletions => RouteLabel::chat_completions,
+            Endpoint::Responses => RouteLabel::responses,
+            Endpoint::Messages => RouteLabel::messages,
+            Endpoint::Other => RouteLabel::other,
+        }
+    }
+}
+
+/// Why a replica was chosen (bounded: four values).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReasonLabel {
+    warm,
+    cold,
+    session,
+    load,
+}
+
+impl From<Reason> for ReasonLabel {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::Warm => ReasonLabel::warm,
+            Reason::Cold => ReasonLabel::cold,
+            Reason::Session => ReasonLabel::session,
+            Reason::Load => ReasonLabel::load,
+        }
+    }
+}
+
+/// Labels of a finished request. `replica` is "none" when no replica was
+/// reached; replica names are bounded by the replica set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: RouteLabel,
+    pub status: u16,
+    pub replica: String,
+}
+
+/// One replica.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub replica: String,
+}
+
+/// One decision reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: ReasonLabel,
+}
+
+/// Everything the router counts.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub decisions: Family<ReasonLabels, Counter>,
+    pub prefix_match_ratio: Histogram,
+    pub upstream_ttfb: Family<ReplicaLabels, Histogram>,
+    pub in_flight: Family<ReplicaLabels, Gauge>,
+    pub retries: Family<ReplicaLabels, Counter>,
+    pub ejections: Family<ReplicaLabels, Counter>,
+    pub healthy: Family<ReplicaLabels, Gauge>,
+}
+
+/// Time to first byte spans a cached short prompt (milliseconds) to a long
+/// prefill behind a queue (minutes): 1 ms to ~5 min, doubling.
+fn ttfb_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 19,
+    ))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            decisions: Family::default(),
+            // Tenths: the share of the prompt's blocks found cached.
+            prefix_match_ratio: Histogram::new([
+                0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+            ]),
+            upstream_ttfb: Family::new_with_constructor(ttfb_histogram),
+            in_flight: Family::default(),
+            retries: Family::default(),
+            ejections: Family::default(),
+            healthy: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under `kvmesh_router_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("kvmesh_router");
+        r.register(
+            "requests",
+            "Requests answered, by API route, HTTP status and replica",
+            self.requests.clone(),
+        );
+        r.register(
+            "decisions",
+            "Routing decisions by reason (warm, cold, session, load)",
+            self.decisions.clone(),
+        );
+        r.register(
+            "prefix_match_ratio",
+            "Share of a prompt's blocks the chosen replica was believed to hold",
+            self.prefix_match_ratio.clone(),
+        );
+        r.register(
+            "upstream_ttfb_seconds",
+            "Time from sending a request upstream to its first response body byte",
+            self.upstream_ttfb.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Requests in flight per replica",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "retries",
+            "Attempts moved to another replica after a failure, by the failed replica",
+            self.retries.clone(),
+        );
+        r.register(
+            "ejections",
+            "Times a replica was ejected after consecutive failures",
+            self.ejections.clone(),
+        );
+        r.register(
+            "replica_healthy",
+            "1 if the replica is not ejected",
+            self.healthy.clone(),
+        );
+    }
+
+    /// Labels for one replica.
+    pub fn replica(name: &str) -> ReplicaLabels {
+        ReplicaLabels {
+            replica: name.to_string(),
+        }
+    }
+}

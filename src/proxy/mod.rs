@@ -1,0 +1,145 @@
+//! The L7 proxy: hyper/tower server, forwarding with retries, admin endpoints.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod limit;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::Layer;
+
+pub use config::{ConfigError, ProxyConfig, RouterArgs};
+pub use service::{PREFIX_BLOCKS_HEADER, REASON_HEADER, REPLICA_HEADER};
+use state::Shared;
+
+/// A running proxy: its addresses and the means to stop it.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    /// Where the admin endpoints listen.
+    pub admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    /// Requests in flight across all replicas.
+    pub fn in_flight(&self) -> u32 {
+        self.shared
+            .core()
+            .router
+            .status(state::now())
+            .iter()
+            .map(|s| s.in_flight)
+            .sum()
+    }
+
+    /// Stops accepting, drains (up to the drain timeout) and waits for both listeners.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts the proxy on already-bound listeners (tests bind 127.0.0.1:0).
+pub fn spawn(
+    cfg: ProxyConfig,
+    listener: TcpListener,
+    admin: TcpListener,
+) -> std::io::Result<ProxyHandle> {
+    let addr = listener.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let metrics = metrics::Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+    let shared = Arc::new(Shared::new(cfg, metrics));
+    let (stop, stopped) = watch::channel(false);
+    let signal = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let (limit, body_timeout) = (shared.cfg.max_body_bytes, shared.cfg.body_timeout);
+    let (header_timeout, drain) = (shared.cfg.header_read_timeout, shared.cfg.drain_timeout);
+    let proxy_shared = shared.clone();
+    let proxy = tokio::spawn(server::serve(
+        listener,
+        move |peer| {
+            limit::layer(limit, body_timeout)
+                .layer(service::ProxyService::new(proxy_shared.clone(), Some(peer)))
+        },
+        header_timeout,
+        drain,
+        signal(stopped.clone()),
+    ));
+    let admin_shared = shared.clone();
+    let admin = tokio::spawn(server::serve(
+        admin,
+        move |_| {
+            let (shared, registry) = (admin_shared.clone(), registry.clone());
+            tower::service_fn(move |req| admin::handle(shared.clone(), registry.clone(), req))
+        },
+        header_timeout,
+        drain,
+        signal(stopped),
+    ));
+    Ok(ProxyHandle {
+        addr,
+        admin_addr,
+        shared,
+        stop,
+        tasks: vec![proxy, admin],
+    })
+}
+
+/// Why `kvmesh router` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid settings: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `kvmesh router`: validates settings, listens, serves until SIGTERM/SIGINT, drains.
+pub async fn run(args: RouterArgs) -> Result<(), RunError> {
+    let cfg = args.validate()?;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { addr, source })
+    };
+    let listener = bind(args.listen).await?;
+    let admin = bind(args.admin_listen).await?;
+    let backends = cfg.backends.len();
+    let policy = cfg.routing.policy.name();
+    let handle = spawn(cfg, listener, admin).map_err(|source| RunError::Bind {
+        addr: args.listen,
+        source,
+    })?;
+    tracing::info!(addr = %handle.addr, admin = %handle.admin_addr, backends, policy, "router listening");
+    crate::telemetry::shutdown_signal().await;
+    tracing::info!("shutdown requested");
+    handle.shutdown().await;
+    Ok(())
+}

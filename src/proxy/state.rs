@@ -1,0 +1,84 @@
+//! State shared by every request: the router behind one lock, backends,
+//! the upstream client, metrics and settings.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::config::{Backend, ProxyConfig};
+use super::forward::{UpstreamClient, client};
+use super::metrics::Metrics;
+use crate::routing::Router;
+use crate::routing::index::Slot;
+
+/// The routing state and where each replica is. Held only for the few
+/// microseconds a decision takes; never across an await.
+#[derive(Debug)]
+pub struct Core {
+    pub router: Router,
+    pub backends: HashMap<Slot, Backend>,
+}
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct Shared {
+    core: Mutex<Core>,
+    pub client: UpstreamClient,
+    pub metrics: Metrics,
+    pub cfg: ProxyConfig,
+}
+
+impl Shared {
+    /// Builds the state for `cfg`'s static backends.
+    pub fn new(cfg: ProxyConfig, metrics: Metrics) -> Self {
+        let mut router = Router::new(cfg.routing.clone());
+        let names: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
+        router.set_replicas(&names);
+        let backends = cfg
+            .backends
+            .iter()
+            .filter_map(|b| router.slot_of(&b.name).map(|s| (s, b.clone())))
+            .collect();
+        Self {
+            core: Mutex::new(Core { router, backends }),
+            client: client(cfg.connect_timeout, cfg.upstream_h2c),
+            metrics,
+            cfg,
+        }
+    }
+
+    /// Locks the routing state. A panic while holding it cannot leave the
+    /// counters half-updated in a way worse than stopping, so poisoning is
+    /// ignored rather than taking the router down.
+    pub fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when at least one replica is not ejected.
+    pub fn ready(&self) -> bool {
+        self.core().router.healthy_count(now()) > 0
+    }
+
+    /// Refreshes the per-replica gauges (called at scrape time).
+    pub fn refresh_gauges(&self) {
+        let status = self.core().router.status(now());
+        self.metrics.in_flight.clear();
+        self.metrics.healthy.clear();
+        for s in status {
+            let l = Metrics::replica(&s.name);
+            self.metrics
+                .in_flight
+                .get_or_create(&l)
+                .set(i64::from(s.in_flight));
+            self.metrics
+                .healthy
+                .get_or_create(&l)
+                .set(i64::from(s.healthy));
+        }
+    }
+}
+
+/// The routing clock: tokio's (so paused-time tests drive back-offs).
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
