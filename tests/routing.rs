@@ -77,6 +77,55 @@ fn follow_up_turns_stick_while_sessions_spread_under_one_system_prompt() {
 }
 
 #[test]
+fn short_distinct_prompts_spread_evenly_one_at_a_time() {
+    let now = Instant::now();
+    let mut r = router(4, Policy::Kvmesh);
+    let mut counts = [0usize; 4];
+    for i in 0..2000 {
+        let mut d = r
+            .route(
+                &RouteRequest {
+                    blocks: &hashes(&format!("prompt number {i}.")),
+                    session: None,
+                },
+                &[],
+                now,
+            )
+            .expect("route");
+        r.finish(&mut d);
+        counts[d.replica as usize] += 1;
+    }
+    assert!(shares(&counts) <= 1.2, "{counts:?}");
+    // "prompt number 1." is no prefix of "prompt number 12."; "prompt number 1"
+    // is, and a longer prompt that extends a cached one is sent after it.
+    let mut d = r
+        .route(
+            &RouteRequest {
+                blocks: &hashes("prompt number 7"),
+                session: None,
+            },
+            &[],
+            now,
+        )
+        .expect("route");
+    r.finish(&mut d);
+    let e = r
+        .route(
+            &RouteRequest {
+                blocks: &hashes("prompt number 7 and a question"),
+                session: None,
+            },
+            &[],
+            now,
+        )
+        .expect("route");
+    assert_eq!(
+        (e.replica, e.reason, e.matched_blocks),
+        (d.replica, Reason::Warm, 1)
+    );
+}
+
+#[test]
 fn concurrent_requests_for_one_hot_prefix_spill_to_ring_successors() {
     let now = Instant::now();
     let mut r = router(4, Policy::Kvmesh);

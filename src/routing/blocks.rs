@@ -42,19 +42,28 @@ impl BlockHasher {
     }
 }
 
-/// Granularity of partial-block ("tail") hashes, in bytes.
-pub const TAIL_STEP: usize = 8;
-
 /// Marks tail hashes so they never equal a whole-block hash.
 const TAIL_TWEAK: u64 = 0x7461_696c_5f6b_766d;
+
+/// A prompt's last, partial block as the index records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// Hash of the block before it (the model seed for block 0).
+    pub parent: u64,
+    /// Its length in bytes (less than a block).
+    pub len: u16,
+    /// Hash of its bytes, in a domain apart from whole-block hashes.
+    pub hash: u64,
+}
 
 /// One prompt's blocks: chained hashes plus what is needed to hash the
 /// leading part of any block ("tails").
 ///
 /// Why tails: an engine caches a prompt's last, partial block once its own
 /// output fills it, so the next chat turn (whose prompt carries that output)
-/// finds it cached. A whole-block hash of the earlier, shorter block can never
-/// match the later, longer one; a tail hash of its first `8·k` bytes can.
+/// finds it cached. The whole-block hash of the earlier, shorter block can
+/// never match the later, longer one; a hash of the later block's first
+/// `len` bytes can, exactly when the earlier block is a prefix of it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PromptBlocks {
     /// `h[i]` for each block, the last one possibly partial.
@@ -83,44 +92,36 @@ impl PromptBlocks {
         self.hashes.is_empty()
     }
 
-    /// Bytes of block `i` that exist in this prompt.
-    fn block_len(&self, i: usize) -> usize {
-        let start = i * self.block_bytes;
-        self.bytes.len().saturating_sub(start).min(self.block_bytes)
-    }
-
-    /// Hash of the first `len` bytes of block `i`, chained to `h[i-1]`.
-    fn tail_hash(&self, i: usize, len: usize) -> u64 {
-        let prev = if i == 0 {
+    /// The hash block `i` chains from.
+    pub fn parent(&self, i: usize) -> u64 {
+        if i == 0 {
             self.seed
         } else {
             self.hashes[i - 1]
-        };
-        let start = i * self.block_bytes;
-        xxh3_64_with_seed(&self.bytes[start..start + len], prev ^ TAIL_TWEAK)
+        }
     }
 
-    /// Tail hashes of block `i`, longest first: its first `8·k` bytes for
-    /// every `8·k` shorter than a whole block that this prompt has.
-    pub fn tail_probes(&self, i: usize) -> impl Iterator<Item = u64> + '_ {
-        let have = if i < self.hashes.len() {
-            self.block_len(i)
-        } else {
-            0
-        };
-        let top = have.min(self.block_bytes.saturating_sub(1)) / TAIL_STEP;
-        (1..=top)
-            .rev()
-            .map(move |k| self.tail_hash(i, k * TAIL_STEP))
+    /// Hash of the first `len` bytes of block `i`, if this prompt has them.
+    pub fn tail_hash(&self, i: usize, len: usize) -> Option<u64> {
+        let start = i.checked_mul(self.block_bytes)?;
+        let have = self.bytes.len().saturating_sub(start).min(self.block_bytes);
+        (i < self.hashes.len() && len > 0 && len <= have).then(|| {
+            xxh3_64_with_seed(&self.bytes[start..start + len], self.parent(i) ^ TAIL_TWEAK)
+        })
     }
 
-    /// The tail hash to record for this prompt: its last block's leading
-    /// `8·k` bytes, when that block is partial and has at least 8 bytes.
-    pub fn recorded_tail(&self) -> Option<u64> {
+    /// This prompt's last block when it is partial.
+    pub fn tail(&self) -> Option<Tail> {
         let last = self.hashes.len().checked_sub(1)?;
-        let have = self.block_len(last);
-        (have >= TAIL_STEP && have < self.block_bytes)
-            .then(|| self.tail_hash(last, have / TAIL_STEP * TAIL_STEP))
+        let len = self.bytes.len() - last * self.block_bytes;
+        if len >= self.block_bytes {
+            return None;
+        }
+        Some(Tail {
+            parent: self.parent(last),
+            len: u16::try_from(len).ok()?,
+            hash: self.tail_hash(last, len)?,
+        })
     }
 }
 
@@ -176,19 +177,22 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_last_block_is_found_again_by_a_longer_prompt() {
+    fn a_partial_last_block_is_found_again_by_a_prompt_that_extends_it() {
         let hasher = BlockHasher::default();
         let short = hasher.hash("m", &[b'a'; 64 + 20]);
         let mut longer_bytes = vec![b'a'; 64 + 20];
         longer_bytes.extend_from_slice(&[b'b'; 100]);
         let longer = hasher.hash("m", &longer_bytes);
-        let tail = short.recorded_tail().expect("20-byte tail");
-        assert!(longer.tail_probes(1).any(|t| t == tail));
-        assert!(!longer.tail_probes(2).any(|t| t == tail));
-        assert!(!longer.hashes.contains(&tail));
-        // Whole blocks and tiny tails record nothing.
-        assert_eq!(hasher.hash("m", &[b'a'; 128]).recorded_tail(), None);
-        assert_eq!(hasher.hash("m", &[b'a'; 64 + 7]).recorded_tail(), None);
+        let tail = short.tail().expect("20-byte tail");
+        assert_eq!((tail.len, tail.parent), (20, short.hashes[0]));
+        assert_eq!(longer.tail_hash(1, 20), Some(tail.hash));
+        assert!(!longer.hashes.contains(&tail.hash));
+        // A prompt that differs inside those 20 bytes does not match.
+        let mut other = vec![b'a'; 64 + 19];
+        other.push(b'z');
+        assert_ne!(hasher.hash("m", &other).tail_hash(1, 20), Some(tail.hash));
+        // Whole blocks have no tail.
+        assert_eq!(hasher.hash("m", &[b'a'; 128]).tail(), None);
     }
 
     #[test]

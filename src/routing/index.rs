@@ -56,6 +56,10 @@ impl PrefixMatch {
 #[derive(Debug)]
 pub struct PrefixIndex {
     entries: HashMap<u64, Entry, HashIdentity>,
+    /// Partial last blocks by the block they follow: `(tail hash, length)`.
+    tails: HashMap<u64, SmallVec<[(u64, u16); 2]>, HashIdentity>,
+    /// Tail hash → the parent it is filed under (to unfile it on eviction).
+    tail_parent: HashMap<u64, u64, HashIdentity>,
     replicas: Vec<Option<LruCache<u64, (), HashIdentity>>>,
     capacity: NonZeroUsize,
 }
@@ -65,6 +69,8 @@ impl PrefixIndex {
     pub fn new(capacity_blocks: usize) -> Self {
         Self {
             entries: HashMap::default(),
+            tails: HashMap::default(),
+            tail_parent: HashMap::default(),
             replicas: Vec::new(),
             capacity: NonZeroUsize::new(capacity_blocks.max(1)).unwrap_or(NonZeroUsize::MIN),
         }
@@ -132,7 +138,11 @@ impl PrefixIndex {
             }
         }
         if depth < hashes.len() && (depth == 0 || !alive.is_empty()) {
-            for tail in prompt.tail_probes(depth) {
+            let filed = self.tails.get(&prompt.parent(depth));
+            for &(tail, len) in filed.into_iter().flatten() {
+                if prompt.tail_hash(depth, usize::from(len)) != Some(tail) {
+                    continue;
+                }
                 let Some(entry) = self.entries.get(&tail) else {
                     continue;
                 };
@@ -164,18 +174,13 @@ impl PrefixIndex {
         }
     }
 
-    /// Records that `slot` now holds every block of `hashes`, evicting its
+    /// Records that `slot` now holds every block of `prompt`, evicting its
     /// least recently used blocks beyond capacity.
     pub fn record(&mut self, slot: Slot, prompt: &PromptBlocks) {
         let hashes = &prompt.hashes;
         if hashes.is_empty() {
             return;
         }
-        // Which blocks gain a child nobody has seen before (fan-out).
-        let branch: SmallVec<[bool; 64]> = hashes
-            .windows(2)
-            .map(|w| !self.entries.contains_key(&w[1]))
-            .collect();
         let idx = slot as usize;
         if self.replicas.len() <= idx {
             self.replicas.resize_with(idx + 1, || None);
@@ -183,40 +188,49 @@ impl PrefixIndex {
         let capacity = self.capacity;
         let lru = self.replicas[idx]
             .get_or_insert_with(|| LruCache::with_hasher(capacity, HashIdentity::default()));
-        // Deepest first, so the root ends most recent (see type docs).
-        for h in prompt
-            .recorded_tail()
-            .into_iter()
-            .chain(hashes.iter().rev().copied())
+        let mut files = Files {
+            entries: &mut self.entries,
+            tails: &mut self.tails,
+            tail_parent: &mut self.tail_parent,
+        };
+        if let Some(tail) = prompt.tail()
+            && files.touch(lru, slot, tail.hash)
         {
-            if let Some((old, ())) = lru.push(h, ())
-                && old != h
-            {
-                detach(&mut self.entries, old, slot);
-            }
-            let entry = self.entries.entry(h).or_default();
-            if !entry.holders.contains(&slot) {
-                entry.holders.push(slot);
-            }
+            files
+                .tails
+                .entry(tail.parent)
+                .or_default()
+                .push((tail.hash, tail.len));
+            files.tail_parent.insert(tail.hash, tail.parent);
         }
-        for (i, is_new_child) in branch.iter().enumerate() {
-            if *is_new_child && let Some(e) = self.entries.get_mut(&hashes[i]) {
+        // Deepest first, so the root ends most recent (see type docs). A block
+        // whose child was new to the index gains fan-out.
+        let mut child_created = false;
+        for &h in hashes.iter().rev() {
+            let created = files.touch(lru, slot, h);
+            if child_created && let Some(e) = files.entries.get_mut(&h) {
                 e.fanout = e.fanout.saturating_add(1);
             }
+            child_created = created;
         }
     }
 
-    /// Forgets `slot`'s blocks of `hashes` from position `keep` on (the engine
-    /// reported it holds only the first `keep`). Returns how many were dropped.
-    pub fn truncate(&mut self, slot: Slot, hashes: &[u64], keep: usize) -> usize {
+    /// Forgets `slot`'s blocks of `prompt` from position `keep` on (the
+    /// engine reported it holds only the first `keep`). Returns how many
+    /// blocks were dropped.
+    pub fn truncate(&mut self, slot: Slot, prompt: &PromptBlocks, keep: usize) -> usize {
         let Some(Some(lru)) = self.replicas.get_mut(slot as usize) else {
             return 0;
         };
+        let tail = prompt.tail().map(|t| t.hash);
         let mut dropped = 0;
-        for &h in hashes.iter().skip(keep) {
+        for h in prompt.hashes.iter().skip(keep).copied().chain(tail) {
             if lru.pop(&h).is_some() {
                 detach(&mut self.entries, h, slot);
-                dropped += 1;
+                if !self.entries.contains_key(&h) {
+                    unfile_tail(&mut self.tails, &mut self.tail_parent, h);
+                }
+                dropped += usize::from(Some(h) != tail);
             }
         }
         dropped
@@ -231,8 +245,58 @@ impl PrefixIndex {
         let blocks: Vec<u64> = lru.iter().map(|(h, ())| *h).collect();
         for &h in &blocks {
             detach(&mut self.entries, h, slot);
+            if !self.entries.contains_key(&h) {
+                unfile_tail(&mut self.tails, &mut self.tail_parent, h);
+            }
         }
         blocks
+    }
+}
+
+/// The index's maps, borrowed apart from the replica LRUs.
+struct Files<'a> {
+    entries: &'a mut HashMap<u64, Entry, HashIdentity>,
+    tails: &'a mut HashMap<u64, SmallVec<[(u64, u16); 2]>, HashIdentity>,
+    tail_parent: &'a mut HashMap<u64, u64, HashIdentity>,
+}
+
+impl Files<'_> {
+    /// Marks `h` most recent in `slot`'s LRU and `slot` as a holder; evicts
+    /// the LRU's oldest block if full. Returns true if `h` was new to the index.
+    fn touch(&mut self, lru: &mut LruCache<u64, (), HashIdentity>, slot: Slot, h: u64) -> bool {
+        if let Some((old, ())) = lru.push(h, ())
+            && old != h
+        {
+            detach(self.entries, old, slot);
+            if !self.entries.contains_key(&old) {
+                unfile_tail(self.tails, self.tail_parent, old);
+            }
+        }
+        let mut created = false;
+        let entry = self.entries.entry(h).or_insert_with(|| {
+            created = true;
+            Entry::default()
+        });
+        if !entry.holders.contains(&slot) {
+            entry.holders.push(slot);
+        }
+        created
+    }
+}
+
+/// Removes a tail that no replica holds any more from the tail files.
+fn unfile_tail(
+    tails: &mut HashMap<u64, SmallVec<[(u64, u16); 2]>, HashIdentity>,
+    tail_parent: &mut HashMap<u64, u64, HashIdentity>,
+    hash: u64,
+) {
+    if let Some(parent) = tail_parent.remove(&hash)
+        && let Some(list) = tails.get_mut(&parent)
+    {
+        list.retain(|(t, _)| *t != hash);
+        if list.is_empty() {
+            tails.remove(&parent);
+        }
     }
 }
 
@@ -330,11 +394,48 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_start_inside_a_partial_block_is_no_match() {
+        let hasher = BlockHasher::default();
+        let mut ix = PrefixIndex::new(100);
+        ix.record(0, &hasher.hash("m", b"prompt number 1"));
+        assert!(
+            ix.lookup(&hasher.hash("m", b"prompt number 2"), u16::MAX)
+                .matched
+                .is_empty()
+        );
+        assert_eq!(
+            ix.lookup(&hasher.hash("m", b"prompt number 1 and more"), u16::MAX)
+                .matched,
+            vec![(0, 1)]
+        );
+    }
+
+    #[test]
+    fn evicted_and_removed_tails_leave_no_trace() {
+        let hasher = BlockHasher::default();
+        let mut ix = PrefixIndex::new(4);
+        for i in 0..50 {
+            ix.record(
+                i % 2,
+                &hasher.hash("m", format!("short prompt {i}").as_bytes()),
+            );
+        }
+        assert!(
+            ix.tails.len() <= 8 && ix.tail_parent.len() <= 8,
+            "{} tails filed",
+            ix.tail_parent.len()
+        );
+        ix.remove_replica(0);
+        ix.remove_replica(1);
+        assert!(ix.is_empty() && ix.tails.is_empty() && ix.tail_parent.is_empty());
+    }
+
+    #[test]
     fn truncate_drops_blocks_beyond_what_the_engine_reported() {
         let mut ix = PrefixIndex::new(100);
         ix.record(0, &p(&[1, 2, 3, 4]));
         ix.record(1, &p(&[1, 2, 3, 4]));
-        assert_eq!(ix.truncate(0, &[1, 2, 3, 4], 1), 3);
+        assert_eq!(ix.truncate(0, &p(&[1, 2, 3, 4]), 1), 3);
         let m = ix.lookup(&p(&[1, 2, 3, 4]), u16::MAX);
         assert_eq!(m.matched, vec![(0, 1), (1, 4)]);
     }

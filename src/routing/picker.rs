@@ -405,10 +405,10 @@ impl Router {
         false
     }
 
-    /// Forgets `slot`'s blocks of `hashes` beyond the first `keep` (engine
+    /// Forgets `slot`'s blocks of `prompt` beyond the first `keep` (engine
     /// feedback said it holds fewer). Returns the number dropped.
-    pub fn correct_prefix(&mut self, slot: Slot, hashes: &[u64], keep: usize) -> usize {
-        self.index.truncate(slot, hashes, keep)
+    pub fn correct_prefix(&mut self, slot: Slot, prompt: &PromptBlocks, keep: usize) -> usize {
+        self.index.truncate(slot, prompt, keep)
     }
 
     /// The total in flight the load bound is computed from: `total`, or the
@@ -457,13 +457,20 @@ impl Router {
             Policy::Kvmesh => {}
         }
         let bound = load_bound(self.cfg.load_factor, reference, candidates.len());
-        let eligible = |slot: Slot| {
-            candidates
-                .iter()
-                .any(|&(s, load)| s == slot && load < bound)
+        // In-flight count by slot, for candidates only: O(1) eligibility checks.
+        let mut load_of: Vec<Option<u32>> = vec![None; self.replicas.len()];
+        for &(s, load) in candidates {
+            load_of[s as usize] = Some(load);
+        }
+        let below = |slot: Slot, limit: u32| {
+            load_of
+                .get(slot as usize)
+                .copied()
+                .flatten()
+                .is_some_and(|l| l < limit)
         };
         if let Some(session) = req.session {
-            let slot = self.ring_first(xxh3_64(session.as_bytes()), &eligible);
+            let slot = self.ring_first(xxh3_64(session.as_bytes()), &|s| below(s, bound));
             let matched = self.index.lookup(req.blocks, u16::MAX).blocks_for(slot);
             return decision(slot, Reason::Session, matched);
         }
@@ -483,17 +490,15 @@ impl Router {
         };
         let m: PrefixMatch = self.index.lookup(req.blocks, hot);
         // A match that ends inside the hot shared prefix is worth nothing:
-        // every replica soon holds that part.
-        let useful = |slot: Slot| {
-            let held = m.blocks_for(slot);
-            if held > m.shared { held } else { 0 }
-        };
-        let best_useful = candidates
+        // every replica soon holds that part. Warm candidates: eligible
+        // replicas holding more than that.
+        let warm: Vec<(Slot, u32)> = m
+            .matched
             .iter()
-            .filter(|&&(s, load)| load < bound && useful(s) > 0)
-            .map(|&(s, _)| useful(s))
-            .max()
-            .unwrap_or(0);
+            .copied()
+            .filter(|&(s, held)| held > m.shared && below(s, bound))
+            .collect();
+        let best_useful = warm.iter().map(|w| w.1).max().unwrap_or(0);
         // Key ties and cold placement by the block where this request parts
         // from what is shared and known: never by a prefix everyone carries.
         let key_at = (m.shared.max(best_useful) as usize).min(n - 1);
@@ -502,25 +507,37 @@ impl Router {
         // the headroom up to `c` stays for the sessions a replica already has,
         // so placing new work does not push existing sessions off their home.
         let fair = load_bound(1.0, reference, candidates.len());
-        let roomy = |slot: Slot| candidates.iter().any(|&(s, load)| s == slot && load < fair);
-        let cold = self.ring_first(key, &roomy);
-        if best_useful == 0 {
+        let cold = self.ring_first(key, &|s| below(s, fair));
+        if warm.is_empty() {
             return decision(cold, Reason::Cold, m.blocks_for(cold));
         }
-        // Cost = blocks to compute there + queued prefill ahead of it.
+        // Cost = blocks to compute there + queued prefill ahead of it; ties go
+        // to the longer match, then to ring order from the key.
         let cost = |slot: Slot, useful_blocks: u32| -> f64 {
             let pending = self.replica(slot).map_or(0, |r| r.pending_blocks);
             (n as u64 - u64::from(useful_blocks)) as f64 + self.cfg.queue_weight * pending as f64
         };
         let mut best = (cold, 0u32, cost(cold, 0));
-        for slot in self.ring.candidates(key) {
-            let u = useful(slot);
-            if u == 0 || !eligible(slot) {
-                continue;
-            }
+        let mut tied = false;
+        for &(slot, u) in &warm {
             let c = cost(slot, u);
             if c < best.2 || (c == best.2 && u > best.1) {
                 best = (slot, u, c);
+                tied = false;
+            } else if c == best.2 && u == best.1 {
+                tied = true;
+            }
+        }
+        if tied {
+            let (c, u) = (best.2, best.1);
+            let is_best = |s: Slot| {
+                s == cold && u == 0
+                    || warm
+                        .iter()
+                        .any(|&(w, wu)| w == s && wu == u && cost(s, wu) == c)
+            };
+            if let Some(first) = self.ring.candidates(key).find(|s| is_best(*s)) {
+                best.0 = first;
             }
         }
         let reason = if best.1 > 0 {
