@@ -4,7 +4,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kvmesh::routing::{
     BlockHasher, Endpoint, RouteRequest, Router, RoutingConfig, canonical_prompt,
 };
@@ -42,7 +42,7 @@ fn warm_router(replicas: usize, body_bytes: usize) -> Router {
     for user in 0..256 {
         let body = chat_body(body_bytes, 10_000 + user);
         if let Some(p) = canonical_prompt(Endpoint::ChatCompletions, &body, hasher.max_bytes()) {
-            let blocks = hasher.hash(&p.model, &p.bytes);
+            let blocks = hasher.hash(&p.model, p.bytes);
             if let Ok(mut d) = router.route(
                 &RouteRequest {
                     blocks: &blocks,
@@ -64,7 +64,7 @@ fn decision(c: &mut Criterion) {
     for &size in &[1 << 10, 4 << 10, 16 << 10, 220 << 10] {
         for &replicas in &[8usize, 64] {
             let mut router = warm_router(replicas, size);
-            let bodies: Vec<Vec<u8>> = (0..64).map(|u| chat_body(size, u)).collect();
+            let bodies: Vec<Vec<u8>> = (0..8).map(|u| chat_body(size, u)).collect();
             let now = Instant::now();
             group.throughput(Throughput::Bytes(bodies[0].len() as u64));
             let id = BenchmarkId::new(format!("{}KiB", size >> 10), format!("{replicas}_replicas"));
@@ -75,7 +75,7 @@ fn decision(c: &mut Criterion) {
                     let body = &bodies[i % bodies.len()];
                     let blocks =
                         canonical_prompt(Endpoint::ChatCompletions, body, hasher.max_bytes())
-                            .map(|p| hasher.hash(&p.model, &p.bytes))
+                            .map(|p| hasher.hash(&p.model, p.bytes))
                             .unwrap_or_default();
                     let mut d = router
                         .route(
@@ -112,9 +112,13 @@ fn parts(c: &mut Criterion) {
     let prompt =
         canonical_prompt(Endpoint::ChatCompletions, &body, hasher.max_bytes()).expect("prompt");
     group.bench_function("block_hashes", |b| {
-        b.iter(|| black_box(hasher.hash(&prompt.model, &prompt.bytes)))
+        b.iter_batched(
+            || prompt.bytes.clone(),
+            |bytes| black_box(hasher.hash(&prompt.model, bytes)),
+            BatchSize::LargeInput,
+        )
     });
-    let blocks = hasher.hash(&prompt.model, &prompt.bytes);
+    let blocks = hasher.hash(&prompt.model, prompt.bytes.as_slice());
     let mut router = warm_router(8, 220 << 10);
     let now = Instant::now();
     group.bench_function("route_and_learn", |b| {

@@ -70,7 +70,7 @@ async fn handle(
     let route = RouteLabel::from(endpoint);
     let hasher = shared.cfg.routing.hasher;
     let blocks = canonical_prompt(endpoint, &body, hasher.max_bytes())
-        .map(|p| hasher.hash(&p.model, &p.bytes))
+        .map(|p| hasher.hash(&p.model, p.bytes))
         .unwrap_or_default();
     let session = parts
         .headers

@@ -30,17 +30,27 @@ impl BlockHasher {
         self.block_bytes.saturating_mul(self.max_blocks)
     }
 
-    /// Chained hashes of `bytes`, seeded by `model` (which also names LoRA adapters).
-    pub fn hash(&self, model: &str, bytes: &[u8]) -> PromptBlocks {
-        let bytes = &bytes[..bytes.len().min(self.max_bytes())];
+    /// Chained hashes of `bytes`, seeded by `model` (which also names LoRA
+    /// adapters). Pass an owned `Vec` to keep the bytes without a copy.
+    pub fn hash(&self, model: &str, bytes: impl Into<Vec<u8>>) -> PromptBlocks {
+        let mut bytes = bytes.into();
+        bytes.truncate(self.max_bytes());
         PromptBlocks {
-            hashes: block_hashes(model, bytes, self.block_bytes, self.max_blocks),
+            hashes: block_hashes(model, &bytes, self.block_bytes, self.max_blocks),
             seed: xxh3_64(model.as_bytes()),
             block_bytes: self.block_bytes.max(1),
-            bytes: bytes.to_vec(),
+            bytes,
         }
     }
 }
+
+/// Leading blocks that the prefix index records one by one.
+pub const DENSE_BLOCKS: usize = 16;
+
+/// Beyond the dense head, the index records every this-many-th block (and
+/// the last): a 220 KB prompt costs ~450 index entries instead of ~3500, and
+/// a match is still found to the block where it ends (see `PrefixIndex::lookup`).
+pub const INDEX_STRIDE: usize = 8;
 
 /// Marks tail hashes so they never equal a whole-block hash.
 const TAIL_TWEAK: u64 = 0x7461_696c_5f6b_766d;
@@ -90,6 +100,28 @@ impl PromptBlocks {
     /// True when the prompt has no blocks.
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()
+    }
+
+    /// Positions the prefix index records, in ascending order: the dense
+    /// head, every [`INDEX_STRIDE`]-th block after it, and the last block.
+    pub fn indexed_positions(&self) -> impl DoubleEndedIterator<Item = usize> + Clone + use<> {
+        let n = self.hashes.len();
+        let dense = n.min(DENSE_BLOCKS);
+        let first_sparse = DENSE_BLOCKS.next_multiple_of(INDEX_STRIDE) + INDEX_STRIDE - 1;
+        let sparse = (first_sparse..n.saturating_sub(1)).step_by(INDEX_STRIDE);
+        let last = (n > dense).then(|| n - 1);
+        (0..dense).chain(sparse).chain(last)
+    }
+
+    /// The first indexed position at or after `i` (the last block if none).
+    pub fn next_indexed(&self, i: usize) -> usize {
+        let last = self.hashes.len().saturating_sub(1);
+        let p = if i < DENSE_BLOCKS {
+            i
+        } else {
+            i + (INDEX_STRIDE - 1 - i % INDEX_STRIDE)
+        };
+        p.min(last)
     }
 
     /// The hash block `i` chains from.
@@ -182,7 +214,7 @@ mod tests {
         let short = hasher.hash("m", &[b'a'; 64 + 20]);
         let mut longer_bytes = vec![b'a'; 64 + 20];
         longer_bytes.extend_from_slice(&[b'b'; 100]);
-        let longer = hasher.hash("m", &longer_bytes);
+        let longer = hasher.hash("m", longer_bytes);
         let tail = short.tail().expect("20-byte tail");
         assert_eq!((tail.len, tail.parent), (20, short.hashes[0]));
         assert_eq!(longer.tail_hash(1, 20), Some(tail.hash));
@@ -190,9 +222,40 @@ mod tests {
         // A prompt that differs inside those 20 bytes does not match.
         let mut other = vec![b'a'; 64 + 19];
         other.push(b'z');
-        assert_ne!(hasher.hash("m", &other).tail_hash(1, 20), Some(tail.hash));
+        assert_ne!(hasher.hash("m", other).tail_hash(1, 20), Some(tail.hash));
         // Whole blocks have no tail.
         assert_eq!(hasher.hash("m", &[b'a'; 128]).tail(), None);
+    }
+
+    #[test]
+    fn the_index_records_a_dense_head_then_every_eighth_block_and_the_last() {
+        let hasher = BlockHasher::default();
+        let p = |n: usize| {
+            hasher
+                .hash("m", vec![b'x'; n * 64 - 1])
+                .indexed_positions()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(p(3), vec![0, 1, 2]);
+        assert_eq!(p(16), (0..16).collect::<Vec<_>>());
+        let mut want: Vec<usize> = (0..16).collect();
+        want.extend([23, 31, 39, 40]);
+        assert_eq!(p(41), want);
+        assert_eq!(*p(40).last().expect("last"), 39);
+        assert_eq!(p(40).iter().filter(|&&i| i == 39).count(), 1);
+        assert_eq!(p(3500).len(), 16 + 435 + 1); // 23, 31, …, 3495; then 3499
+        let b = hasher.hash("m", &[b'x'; 41 * 64 - 1]);
+        assert_eq!(
+            [
+                b.next_indexed(5),
+                b.next_indexed(16),
+                b.next_indexed(23),
+                b.next_indexed(24)
+            ],
+            [5, 23, 23, 31]
+        );
+        assert_eq!(b.next_indexed(39), 39);
+        assert_eq!(b.next_indexed(40), 40);
     }
 
     #[test]

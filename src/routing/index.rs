@@ -18,6 +18,7 @@ type HashIdentity = BuildNoHashHasher<u64>;
 
 #[derive(Debug, Default)]
 struct Entry {
+    /// Sorted, so walks intersect them by merging.
     holders: SmallVec<[Slot; 4]>,
     /// Distinct child blocks seen after this block (saturating). A block with
     /// many children is a branch point: a prefix that many requests share.
@@ -60,7 +61,7 @@ pub struct PrefixIndex {
     tails: HashMap<u64, SmallVec<[(u64, u16); 2]>, HashIdentity>,
     /// Tail hash → the parent it is filed under (to unfile it on eviction).
     tail_parent: HashMap<u64, u64, HashIdentity>,
-    replicas: Vec<Option<LruCache<u64, (), HashIdentity>>>,
+    replicas: Vec<Option<Lru>>,
     capacity: NonZeroUsize,
 }
 
@@ -94,88 +95,77 @@ impl PrefixIndex {
     /// Blocks recorded for `slot`.
     pub fn blocks_held(&self, slot: Slot) -> usize {
         match self.replicas.get(slot as usize) {
-            Some(Some(lru)) => lru.len(),
+            Some(Some(lru)) => lru.blocks,
             _ => 0,
         }
     }
 
     /// Leading blocks of `prompt` each replica holds, and the hot shared
-    /// depth (blocks whose fan-out is at least `hot_fanout`). A replica that
-    /// holds the leading part of the first block it lacks (a recorded tail)
-    /// is credited with that block too. O(blocks × holders).
+    /// depth (blocks whose fan-out is at least `hot_fanout`).
+    ///
+    /// Walks the prompt's indexed positions, then, between the last match and
+    /// the first miss, each block one by one (a shorter prompt recorded its
+    /// last block there), then the partial-block tail: a replica holding the
+    /// leading part of the first block it lacks is credited with that block.
+    /// O(indexed blocks × holders).
     pub fn lookup(&self, prompt: &PromptBlocks, hot_fanout: u16) -> PrefixMatch {
         let hashes = &prompt.hashes;
-        let mut alive: SmallVec<[Slot; 8]> = SmallVec::new();
-        let mut done: Vec<(Slot, u32)> = Vec::new();
+        if hashes.is_empty() {
+            return PrefixMatch::default();
+        }
+        let mut walk = Walk::default();
         let mut shared = 0u32;
-        let mut depth = 0usize;
-        for (i, h) in hashes.iter().enumerate() {
-            let Some(entry) = self.entries.get(h) else {
-                break;
-            };
-            let next: SmallVec<[Slot; 8]> = if i == 0 {
-                entry.holders.iter().copied().collect()
-            } else {
-                alive
-                    .iter()
-                    .copied()
-                    .filter(|s| entry.holders.contains(s))
-                    .collect()
-            };
-            if next.is_empty() {
-                break;
-            }
-            done.extend(
-                alive
-                    .iter()
-                    .filter(|s| !next.contains(s))
-                    .map(|s| (*s, i as u32)),
-            );
-            alive = next;
-            depth = i + 1;
-            if entry.fanout >= hot_fanout {
-                shared = depth as u32;
+        let mut stop = hashes.len();
+        for i in prompt.indexed_positions() {
+            match self.entries.get(&hashes[i]) {
+                Some(entry) if walk.advance(i, &entry.holders) => {
+                    if entry.fanout >= hot_fanout {
+                        shared = walk.depth as u32;
+                    }
+                }
+                _ => {
+                    stop = i;
+                    break;
+                }
             }
         }
-        if depth < hashes.len() && (depth == 0 || !alive.is_empty()) {
-            let filed = self.tails.get(&prompt.parent(depth));
-            for &(tail, len) in filed.into_iter().flatten() {
-                if prompt.tail_hash(depth, usize::from(len)) != Some(tail) {
-                    continue;
-                }
-                let Some(entry) = self.entries.get(&tail) else {
-                    continue;
-                };
-                let hit: SmallVec<[Slot; 8]> = entry
-                    .holders
-                    .iter()
-                    .copied()
-                    .filter(|s| depth == 0 || alive.contains(s))
-                    .collect();
-                if hit.is_empty() {
-                    continue;
-                }
-                done.extend(
-                    alive
-                        .iter()
-                        .filter(|s| !hit.contains(s))
-                        .map(|s| (*s, depth as u32)),
-                );
-                done.extend(hit.iter().map(|s| (*s, depth as u32 + 1)));
-                alive.clear();
+        // Between the last indexed match and the first indexed miss, a
+        // shorter prompt may have recorded its last block or its tail.
+        let end = stop.min(hashes.len() - 1);
+        for j in walk.depth..=end {
+            if walk.depth > 0 && walk.alive.is_empty() {
+                break;
+            }
+            if let Some(entry) = self.entries.get(&hashes[j])
+                && walk.advance(j, &entry.holders)
+            {
+                continue;
+            }
+            if self.tail_match(prompt, j, &mut walk) {
                 break;
             }
         }
-        done.extend(alive.drain(..).map(|s| (s, depth as u32)));
-        done.sort_unstable();
         PrefixMatch {
-            matched: done,
+            matched: walk.finish(),
             shared,
         }
     }
 
+    /// Credits block `j` to the walk's replicas that recorded a tail of it.
+    fn tail_match(&self, prompt: &PromptBlocks, j: usize, walk: &mut Walk) -> bool {
+        let filed = self.tails.get(&prompt.parent(j));
+        filed.into_iter().flatten().any(|&(tail, len)| {
+            prompt.tail_hash(j, usize::from(len)) == Some(tail)
+                && self
+                    .entries
+                    .get(&tail)
+                    .is_some_and(|entry| walk.advance(j, &entry.holders))
+        })
+    }
+
     /// Records that `slot` now holds every block of `prompt`, evicting its
-    /// least recently used blocks beyond capacity.
+    /// least recently used blocks beyond capacity (counted in blocks: an
+    /// index entry stands for itself and the unindexed blocks before it).
     pub fn record(&mut self, slot: Slot, prompt: &PromptBlocks) {
         let hashes = &prompt.hashes;
         if hashes.is_empty() {
@@ -185,16 +175,15 @@ impl PrefixIndex {
         if self.replicas.len() <= idx {
             self.replicas.resize_with(idx + 1, || None);
         }
-        let capacity = self.capacity;
-        let lru = self.replicas[idx]
-            .get_or_insert_with(|| LruCache::with_hasher(capacity, HashIdentity::default()));
+        let lru = self.replicas[idx].get_or_insert_with(Lru::default);
         let mut files = Files {
             entries: &mut self.entries,
             tails: &mut self.tails,
             tail_parent: &mut self.tail_parent,
+            capacity: self.capacity.get(),
         };
         if let Some(tail) = prompt.tail()
-            && files.touch(lru, slot, tail.hash)
+            && files.touch(lru, slot, tail.hash, 1)
         {
             files
                 .tails
@@ -205,10 +194,12 @@ impl PrefixIndex {
         }
         // Deepest first, so the root ends most recent (see type docs). A block
         // whose child was new to the index gains fan-out.
+        let positions: SmallVec<[usize; 64]> = prompt.indexed_positions().collect();
         let mut child_created = false;
-        for &h in hashes.iter().rev() {
-            let created = files.touch(lru, slot, h);
-            if child_created && let Some(e) = files.entries.get_mut(&h) {
+        for (k, &i) in positions.iter().enumerate().rev() {
+            let weight = i - k.checked_sub(1).map_or(0, |p| positions[p] + 1) + 1;
+            let created = files.touch(lru, slot, hashes[i], weight);
+            if child_created && let Some(e) = files.entries.get_mut(&hashes[i]) {
                 e.fanout = e.fanout.saturating_add(1);
             }
             child_created = created;
@@ -225,12 +216,15 @@ impl PrefixIndex {
         let tail = prompt.tail().map(|t| t.hash);
         let mut dropped = 0;
         for h in prompt.hashes.iter().skip(keep).copied().chain(tail) {
-            if lru.pop(&h).is_some() {
+            if let Some(w) = lru.list.pop(&h) {
+                lru.blocks -= w as usize;
                 detach(&mut self.entries, h, slot);
                 if !self.entries.contains_key(&h) {
                     unfile_tail(&mut self.tails, &mut self.tail_parent, h);
                 }
-                dropped += usize::from(Some(h) != tail);
+                if Some(h) != tail {
+                    dropped += w as usize;
+                }
             }
         }
         dropped
@@ -242,7 +236,7 @@ impl PrefixIndex {
         let Some(Some(lru)) = self.replicas.get_mut(slot as usize).map(Option::take) else {
             return Vec::new();
         };
-        let blocks: Vec<u64> = lru.iter().map(|(h, ())| *h).collect();
+        let blocks: Vec<u64> = lru.list.iter().map(|(h, _)| *h).collect();
         for &h in &blocks {
             detach(&mut self.entries, h, slot);
             if !self.entries.contains_key(&h) {
@@ -253,20 +247,110 @@ impl PrefixIndex {
     }
 }
 
+/// Replicas still matching as a lookup walks a prompt, and those done.
+#[derive(Default)]
+struct Walk {
+    /// Sorted.
+    alive: Vec<Slot>,
+    spare: Vec<Slot>,
+    done: Vec<(Slot, u32)>,
+    /// Leading blocks every `alive` replica holds.
+    depth: usize,
+}
+
+impl Walk {
+    /// Block `i` is held by `holders` (sorted): keep the alive replicas among
+    /// them (all of them at the first block). False, changing nothing, if none.
+    fn advance(&mut self, i: usize, holders: &[Slot]) -> bool {
+        if self.depth == 0 {
+            if holders.is_empty() {
+                return false;
+            }
+            self.alive.extend_from_slice(holders);
+            self.depth = i + 1;
+            return true;
+        }
+        // Along a shared prefix the holders rarely change.
+        if holders == self.alive.as_slice() {
+            self.depth = i + 1;
+            return true;
+        }
+        // One merge of two sorted lists splits `alive` into kept and done.
+        self.spare.clear();
+        let mut h = holders.iter().peekable();
+        let mut kept_all = true;
+        for &a in &self.alive {
+            while h.next_if(|&&x| x < a).is_some() {}
+            if h.next_if(|&&x| x == a).is_some() {
+                self.spare.push(a);
+            } else {
+                kept_all = false;
+            }
+        }
+        if self.spare.is_empty() {
+            return false;
+        }
+        if !kept_all {
+            let depth = self.depth as u32;
+            let spare = &self.spare;
+            self.done.extend(
+                self.alive
+                    .iter()
+                    .filter(|a| spare.binary_search(a).is_err())
+                    .map(|&a| (a, depth)),
+            );
+        }
+        std::mem::swap(&mut self.alive, &mut self.spare);
+        self.depth = i + 1;
+        true
+    }
+
+    fn finish(mut self) -> Vec<(Slot, u32)> {
+        let depth = self.depth as u32;
+        self.done.extend(self.alive.iter().map(|&s| (s, depth)));
+        self.done.sort_unstable();
+        self.done
+    }
+}
+
+/// One replica's recency list; values are the blocks each entry stands for.
+#[derive(Debug)]
+struct Lru {
+    list: LruCache<u64, u32, HashIdentity>,
+    blocks: usize,
+}
+
+impl Default for Lru {
+    fn default() -> Self {
+        Self {
+            list: LruCache::unbounded_with_hasher(HashIdentity::default()),
+            blocks: 0,
+        }
+    }
+}
+
 /// The index's maps, borrowed apart from the replica LRUs.
 struct Files<'a> {
     entries: &'a mut HashMap<u64, Entry, HashIdentity>,
     tails: &'a mut HashMap<u64, SmallVec<[(u64, u16); 2]>, HashIdentity>,
     tail_parent: &'a mut HashMap<u64, u64, HashIdentity>,
+    capacity: usize,
 }
 
 impl Files<'_> {
     /// Marks `h` most recent in `slot`'s LRU and `slot` as a holder; evicts
     /// the LRU's oldest block if full. Returns true if `h` was new to the index.
-    fn touch(&mut self, lru: &mut LruCache<u64, (), HashIdentity>, slot: Slot, h: u64) -> bool {
-        if let Some((old, ())) = lru.push(h, ())
-            && old != h
-        {
+    fn touch(&mut self, lru: &mut Lru, slot: Slot, h: u64, weight: usize) -> bool {
+        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
+        match lru.list.push(h, weight) {
+            Some((_, old)) => lru.blocks = lru.blocks + weight as usize - old as usize,
+            None => lru.blocks += weight as usize,
+        }
+        while lru.blocks > self.capacity && lru.list.len() > 1 {
+            let Some((old, w)) = lru.list.pop_lru() else {
+                break;
+            };
+            lru.blocks -= w as usize;
             detach(self.entries, old, slot);
             if !self.entries.contains_key(&old) {
                 unfile_tail(self.tails, self.tail_parent, old);
@@ -277,8 +361,8 @@ impl Files<'_> {
             created = true;
             Entry::default()
         });
-        if !entry.holders.contains(&slot) {
-            entry.holders.push(slot);
+        if let Err(at) = entry.holders.binary_search(&slot) {
+            entry.holders.insert(at, slot);
         }
         created
     }

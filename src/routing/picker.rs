@@ -501,7 +501,14 @@ impl Router {
         let best_useful = warm.iter().map(|w| w.1).max().unwrap_or(0);
         // Key ties and cold placement by the block where this request parts
         // from what is shared and known: never by a prefix everyone carries.
-        let key_at = (m.shared.max(best_useful) as usize).min(n - 1);
+        // The shared part ends at a branch point the index saw; the indexed
+        // block after it is one of the branches, so it tells requests apart.
+        let key_at = if best_useful > m.shared {
+            best_useful as usize
+        } else {
+            req.blocks.next_indexed(m.shared as usize)
+        }
+        .min(n - 1);
         let key = req.blocks.hashes[key_at];
         // New prefixes take only replicas at or below the mean load (c = 1):
         // the headroom up to `c` stays for the sessions a replica already has,
