@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn a_partial_last_block_is_found_again_by_a_prompt_that_extends_it() {
         let hasher = BlockHasher::default();
-        let short = hasher.hash("m", &[b'a'; 64 + 20]);
+        let short = hasher.hash("m", [b'a'; 64 + 20]);
         let mut longer_bytes = vec![b'a'; 64 + 20];
         longer_bytes.extend_from_slice(&[b'b'; 100]);
         let longer = hasher.hash("m", longer_bytes);
@@ -224,7 +224,7 @@ mod tests {
         other.push(b'z');
         assert_ne!(hasher.hash("m", other).tail_hash(1, 20), Some(tail.hash));
         // Whole blocks have no tail.
-        assert_eq!(hasher.hash("m", &[b'a'; 128]).tail(), None);
+        assert_eq!(hasher.hash("m", [b'a'; 128]).tail(), None);
     }
 
     #[test]
@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(*p(40).last().expect("last"), 39);
         assert_eq!(p(40).iter().filter(|&&i| i == 39).count(), 1);
         assert_eq!(p(3500).len(), 16 + 435 + 1); // 23, 31, …, 3495; then 3499
-        let b = hasher.hash("m", &[b'x'; 41 * 64 - 1]);
+        let b = hasher.hash("m", [b'x'; 41 * 64 - 1]);
         assert_eq!(
             [
                 b.next_indexed(5),

@@ -132,11 +132,11 @@ impl PrefixIndex {
         // Between the last indexed match and the first indexed miss, a
         // shorter prompt may have recorded its last block or its tail.
         let end = stop.min(hashes.len() - 1);
-        for j in walk.depth..=end {
+        for (j, h) in hashes.iter().enumerate().take(end + 1).skip(walk.depth) {
             if walk.depth > 0 && walk.alive.is_empty() {
                 break;
             }
-            if let Some(entry) = self.entries.get(&hashes[j])
+            if let Some(entry) = self.entries.get(h)
                 && walk.advance(j, &entry.holders)
             {
                 continue;
