@@ -56,6 +56,10 @@ pub struct RouterArgs {
     /// Largest request body accepted; larger gets 413.
     #[arg(long, env = "KVMESH_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Open client connections at most; past it, new ones wait in the
+    /// kernel's accept queue until one closes.
+    #[arg(long, env = "KVMESH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
     /// Time allowed to receive a request body; slower gets 408.
     #[arg(long, env = "KVMESH_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
@@ -138,6 +142,7 @@ pub struct ProxyConfig {
     pub backends: Vec<Backend>,
     pub session_header: HeaderName,
     pub max_body_bytes: usize,
+    pub max_connections: usize,
     pub body_timeout: Duration,
     pub header_read_timeout: Duration,
     pub connect_timeout: Duration,
@@ -180,6 +185,7 @@ impl RouterArgs {
             ("max-blocks", self.max_blocks),
             ("index-capacity-blocks", self.index_capacity_blocks),
             ("max-body-bytes", self.max_body_bytes),
+            ("max-connections", self.max_connections),
             ("eject-after", self.eject_after as usize),
         ] {
             if v == 0 {
@@ -217,6 +223,7 @@ impl RouterArgs {
             backends,
             session_header,
             max_body_bytes: self.max_body_bytes,
+            max_connections: self.max_connections,
             body_timeout: self.body_timeout,
             header_read_timeout: self.header_read_timeout,
             connect_timeout: self.connect_timeout,

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub retries: Family<ReplicaLabels, Counter>,
     pub ejections: Family<ReplicaLabels, Counter>,
     pub healthy: Family<ReplicaLabels, Gauge>,
+    pub open_connections: Gauge,
 }
 
 /// Time to first byte spans a cached short prompt (milliseconds) to a long
@@ -109,6 +110,7 @@ impl Default for Metrics {
             retries: Family::default(),
             ejections: Family::default(),
             healthy: Family::default(),
+            open_connections: Gauge::default(),
         }
     }
 }

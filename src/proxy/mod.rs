@@ -48,6 +48,11 @@ impl ProxyHandle {
             .sum()
     }
 
+    /// Client connections open on the proxy port.
+    pub fn open_connections(&self) -> i64 {
+        self.shared.metrics.open_connections.get()
+    }
+
     /// Stops accepting, drains (up to the drain timeout) and waits for both listeners.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -76,7 +81,11 @@ pub fn spawn(
     };
 
     let (limit, body_timeout) = (shared.cfg.max_body_bytes, shared.cfg.body_timeout);
-    let (header_timeout, drain) = (shared.cfg.header_read_timeout, shared.cfg.drain_timeout);
+    let settings = server::ServerSettings {
+        header_read_timeout: shared.cfg.header_read_timeout,
+        drain: shared.cfg.drain_timeout,
+        max_connections: shared.cfg.max_connections,
+    };
     let proxy_shared = shared.clone();
     let proxy = tokio::spawn(server::serve(
         listener,
@@ -84,8 +93,8 @@ pub fn spawn(
             limit::layer(limit, body_timeout)
                 .layer(service::ProxyService::new(proxy_shared.clone(), Some(peer)))
         },
-        header_timeout,
-        drain,
+        settings,
+        shared.metrics.open_connections.clone(),
         signal(stopped.clone()),
     ));
     let admin_shared = shared.clone();
@@ -95,8 +104,11 @@ pub fn spawn(
             let (shared, registry) = (admin_shared.clone(), registry.clone());
             tower::service_fn(move |req| admin::handle(shared.clone(), registry.clone(), req))
         },
-        header_timeout,
-        drain,
+        server::ServerSettings {
+            max_connections: 64,
+            ..settings
+        },
+        server::ConnectionGauge::default(),
         signal(stopped),
     ));
     Ok(ProxyHandle {

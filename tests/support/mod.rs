@@ -72,7 +72,7 @@ impl TestBackend {
                         let (seen, mode, name) = (seen.clone(), mode.clone(), name.clone());
                         async move { Ok::<_, Infallible>(answer(req, seen, mode, name).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
@@ -182,6 +182,11 @@ pub type TestClient = Client<HttpConnector, Full<Bytes>>;
 
 pub fn client() -> TestClient {
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A client that speaks HTTP/2 without TLS (prior knowledge).
+pub fn h2c_client() -> TestClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
 }
 
 /// POSTs JSON to the router; returns status, headers and the whole body.
