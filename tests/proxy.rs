@@ -526,8 +526,12 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = backends(1, Mode::Json).await;
     let router = router(&refs(&b), &["--header-read-timeout", "200ms"]).await;
-    let mut slow = tokio::net::TcpStream::connect(router.addr).await.expect("connect");
-    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    let mut slow = tokio::net::TcpStream::connect(router.addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
     let mut buf = Vec::new();
     // The router closes the connection (possibly after a 408) instead of waiting forever.
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
@@ -541,10 +545,19 @@ async fn a_slow_request_body_gets_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = backends(1, Mode::Json).await;
     let router = router(&refs(&b), &["--body-timeout", "200ms"]).await;
-    let mut slow = tokio::net::TcpStream::connect(router.addr).await.expect("connect");
-    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"").await.expect("write");
+    let mut slow = tokio::net::TcpStream::connect(router.addr)
+        .await
+        .expect("connect");
+    slow.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"",
+    )
+    .await
+    .expect("write");
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await.expect("answer in time").expect("read");
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
+        .await
+        .expect("answer in time")
+        .expect("read");
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(head.contains("request_timeout"));
@@ -556,15 +569,29 @@ async fn a_slow_request_body_gets_408() {
 async fn past_max_connections_new_clients_wait_for_a_free_slot() {
     let b = backends(1, Mode::Json).await;
     let router = router(&refs(&b), &["--max-connections", "1"]).await;
-    let hog = tokio::net::TcpStream::connect(router.addr).await.expect("connect");
+    let hog = tokio::net::TcpStream::connect(router.addr)
+        .await
+        .expect("connect");
     // Let the router take the first connection before the second arrives.
     assert!(eventually(Duration::from_secs(5), || router.open_connections() == 1).await);
     let addr = router.addr;
-    let waiting = tokio::spawn(async move { post(&client(), addr, "/v1/completions", r#"{"model":"m","prompt":"x"}"#, &[]).await });
+    let waiting = tokio::spawn(async move {
+        post(
+            &client(),
+            addr,
+            "/v1/completions",
+            r#"{"model":"m","prompt":"x"}"#,
+            &[],
+        )
+        .await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "served beyond --max-connections");
     drop(hog);
-    let (status, _, _) = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("served after a slot freed").expect("task");
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served after a slot freed")
+        .expect("task");
     assert_eq!(status, StatusCode::OK);
     router.shutdown().await;
 }

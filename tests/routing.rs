@@ -425,3 +425,32 @@ proptest! {
         prop_assert_eq!(run(replicas, &ops), run(replicas, &ops));
     }
 }
+
+proptest! {
+    #[test]
+    fn removing_a_replica_moves_only_its_share_of_cold_requests(
+        n in 2usize..9,
+        gone in 0usize..9,
+        seeds in proptest::collection::hash_set(any::<u32>(), 1..120),
+    ) {
+        let gone = format!("engine-{}", gone % n);
+        let now = Instant::now();
+        let mut full = router(n, Policy::Kvmesh);
+        let mut less = router(n, Policy::Kvmesh);
+        let keep: Vec<String> = (0..n).map(|i| format!("engine-{i}")).filter(|x| *x != gone).collect();
+        less.set_replicas(&keep);
+        for seed in seeds {
+            let h = hashes(&format!("request {seed}: summarise the attached report in three bullet points"));
+            let req = RouteRequest { blocks: &h, session: None };
+            let mut a = full.route(&req, &[], now).expect("route");
+            let mut b = less.route(&req, &[], now).expect("route");
+            full.finish(&mut a);
+            less.finish(&mut b);
+            prop_assert_eq!(a.reason, Reason::Cold);
+            let (a, b) = (full.name_of(a.replica).expect("name"), less.name_of(b.replica).expect("name"));
+            if a != gone {
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+}

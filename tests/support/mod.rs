@@ -186,7 +186,9 @@ pub fn client() -> TestClient {
 
 /// A client that speaks HTTP/2 without TLS (prior knowledge).
 pub fn h2c_client() -> TestClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// POSTs JSON to the router; returns status, headers and the whole body.

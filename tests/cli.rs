@@ -1,0 +1,109 @@
+//! The `kvmesh` binary as a user runs it: flags, errors, signals.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn kvmesh() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kvmesh"))
+}
+
+#[test]
+fn help_lists_only_subcommands_that_work() {
+    let out = kvmesh().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let commands: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(commands, ["router", "help"], "{text}");
+}
+
+#[test]
+fn invalid_settings_exit_nonzero_with_the_reason() {
+    let out = kvmesh()
+        .args([
+            "router",
+            "--backend",
+            "https://engine:8000",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only http:// backends are supported"), "{err}");
+
+    let out = kvmesh().args(["router"]).output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--backend"));
+}
+
+#[test]
+fn sigterm_stops_the_router_cleanly() {
+    let mut child = kvmesh()
+        .args([
+            "--log-format",
+            "json",
+            "router",
+            "--backend",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let admin = loop {
+        let line = lines
+            .next()
+            .expect("router logged before exiting")
+            .expect("line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        if v["message"] == "router listening" {
+            break v["admin"].as_str().expect("admin address").to_string();
+        }
+    };
+    // The admin port answers: the process is up.
+    let mut s = std::net::TcpStream::connect(&admin).expect("admin port");
+    std::io::Write::write_all(
+        &mut s,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write");
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut s, &mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "router did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("shutdown requested")),
+        "{rest:?}"
+    );
+}
