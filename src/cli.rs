@@ -26,6 +26,10 @@ pub struct Cli {
 pub enum Command {
     /// The L7 proxy: sends each request to the replica most likely to hold its prompt prefix.
     Router(crate::proxy::RouterArgs),
+    /// Replays a workload and reports prefix-cache hit rate, time to first token and balance.
+    Bench(crate::bench::BenchArgs),
+    /// Simulated OpenAI-compatible inference engines (prefix cache + latency model) on loopback ports.
+    Sim(crate::sim::server::SimArgs),
 }
 
 /// Runs the parsed command line; the error is printed by `main`.
@@ -36,6 +40,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     match cli.command {
         Command::Router(args) => runtime.block_on(crate::proxy::run(args))?,
+        Command::Bench(args) => runtime.block_on(crate::bench::run_bench(args))?,
+        Command::Sim(args) => runtime.block_on(crate::sim::server::run(args))?,
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! kvmesh: a cache-aware LLM request router and KV-cache operator for Kubernetes.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod proxy;
 pub mod routing;
+pub mod sim;
 pub mod telemetry;

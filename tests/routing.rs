@@ -151,7 +151,8 @@ fn concurrent_requests_for_one_hot_prefix_spill_to_ring_successors() {
         "40 concurrent identical prompts all on one replica"
     );
     let loads: Vec<u32> = r.status(now).iter().map(|s| s.in_flight).collect();
-    assert!(*loads.iter().max().unwrap_or(&0) <= load_bound(1.25, 39.0, 4));
+    let c = RoutingConfig::default().load_factor;
+    assert!(*loads.iter().max().unwrap_or(&0) <= load_bound(c, 39.0, 4));
 }
 
 #[test]
@@ -383,7 +384,11 @@ fn run(replicas: usize, ops: &[Op]) -> Vec<u32> {
                     .map(|s| (s.slot, s.in_flight))
                     .collect();
                 peak = peak.max(before.iter().map(|b| b.1).sum());
-                let bound = load_bound(1.25, f64::from(peak), before.len());
+                let bound = load_bound(
+                    RoutingConfig::default().load_factor,
+                    f64::from(peak),
+                    before.len(),
+                );
                 let d = r
                     .route(
                         &RouteRequest {

@@ -38,18 +38,23 @@ pub struct RouterArgs {
     pub max_blocks: usize,
     /// Load factor c: a replica takes a request while its in-flight count is
     /// below ceil(c·(total+1)/replicas). At least 1.0.
-    #[arg(long, env = "KVMESH_LOAD_FACTOR", default_value_t = 1.25)]
+    #[arg(long, env = "KVMESH_LOAD_FACTOR", default_value_t = 5.0)]
     pub load_factor: f64,
     /// Prefix blocks remembered per replica (≈ its KV cache size in blocks).
     #[arg(long, env = "KVMESH_INDEX_CAPACITY_BLOCKS", default_value_t = 32_768)]
     pub index_capacity_blocks: usize,
-    /// Distinct continuations that make a prefix a hot shared prefix (spread,
-    /// not followed); 0 = max(4, replicas).
-    #[arg(long, env = "KVMESH_HOT_PREFIX_FANOUT", default_value_t = 0)]
-    pub hot_prefix_fanout: u16,
-    /// Weight of queued prefill blocks against blocks to compute.
-    #[arg(long, env = "KVMESH_QUEUE_WEIGHT", default_value_t = 1.0)]
+    /// Share of recent requests (0–1) that makes the prefix they carry a hot
+    /// shared prefix (spread over replicas, not followed); 0 = 1/(2·replicas).
+    #[arg(long, env = "KVMESH_HOT_PREFIX_SHARE", default_value_t = 0.0)]
+    pub hot_prefix_share: f64,
+    /// Weight of queued prefill blocks against blocks to compute (0: the
+    /// in-flight bound alone guards queues).
+    #[arg(long, env = "KVMESH_QUEUE_WEIGHT", default_value_t = 0.0)]
     pub queue_weight: f64,
+    /// New prefixes skip replicas whose cache footprint exceeds this
+    /// multiple of the mean (0 = off).
+    #[arg(long, env = "KVMESH_COLD_FOOTPRINT_FACTOR", default_value_t = 1.05)]
+    pub cold_footprint_factor: f64,
     /// Request header whose value pins a session to a replica (ring key).
     #[arg(long, env = "KVMESH_SESSION_HEADER", default_value = "x-session-id")]
     pub session_header: String,
@@ -161,6 +166,8 @@ pub enum ConfigError {
     DuplicateBackend(String),
     #[error("--load-factor must be a number ≥ 1.0, got {0}")]
     LoadFactor(f64),
+    #[error("--hot-prefix-share must be between 0 and 1, got {0}")]
+    HotShare(f64),
     #[error("--queue-weight must be a number ≥ 0, got {0}")]
     QueueWeight(f64),
     #[error("--{0} must be at least 1")]
@@ -176,6 +183,9 @@ impl RouterArgs {
     pub fn validate(&self) -> Result<ProxyConfig, ConfigError> {
         if !(self.load_factor >= 1.0 && self.load_factor.is_finite()) {
             return Err(ConfigError::LoadFactor(self.load_factor));
+        }
+        if !(0.0..=1.0).contains(&self.hot_prefix_share) {
+            return Err(ConfigError::HotShare(self.hot_prefix_share));
         }
         if !(self.queue_weight >= 0.0 && self.queue_weight.is_finite()) {
             return Err(ConfigError::QueueWeight(self.queue_weight));
@@ -213,8 +223,9 @@ impl RouterArgs {
                 },
                 load_factor: self.load_factor,
                 index_capacity_blocks: self.index_capacity_blocks,
-                hot_prefix_fanout: self.hot_prefix_fanout,
+                hot_prefix_share: self.hot_prefix_share,
                 queue_weight: self.queue_weight,
+                cold_footprint_factor: self.cold_footprint_factor,
                 eject_after_failures: self.eject_after,
                 eject_base: self.eject_base,
                 eject_max: self.eject_max,
@@ -258,7 +269,7 @@ mod tests {
         let cfg = parse(&["--backend", "http://127.0.0.1:8000"]).expect("valid");
         assert_eq!(cfg.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(cfg.retries, 2);
-        assert_eq!(cfg.routing.load_factor, 1.25);
+        assert_eq!(cfg.routing.load_factor, 5.0);
         assert_eq!(cfg.routing.hasher.block_bytes, 64);
         assert_eq!(cfg.routing.hasher.max_blocks, 4096);
         assert_eq!(cfg.routing.index_capacity_blocks, 32_768);

@@ -20,9 +20,50 @@ type HashIdentity = BuildNoHashHasher<u64>;
 struct Entry {
     /// Sorted, so walks intersect them by merging.
     holders: SmallVec<[Slot; 4]>,
-    /// Distinct child blocks seen after this block (saturating). A block with
-    /// many children is a branch point: a prefix that many requests share.
-    fanout: u16,
+    /// Recent requests that carried this block (see [`Traffic`]).
+    traffic: Traffic,
+}
+
+/// Requests per window of [`HOT_WINDOW`] recorded requests, this window and
+/// the last: a two-bucket sliding count, cheap to keep on every entry.
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    window: u32,
+    current: u16,
+    previous: u16,
+}
+
+/// Recorded requests per traffic window.
+pub const HOT_WINDOW: u64 = 256;
+
+/// A prefix is judged hot only once this many recent requests carried it.
+pub const HOT_MIN_REQUESTS: f64 = 4.0;
+
+impl Traffic {
+    fn bump(&mut self, tick: u64) {
+        let w = (tick / HOT_WINDOW) as u32;
+        if self.window != w {
+            self.previous = if self.window + 1 == w {
+                self.current
+            } else {
+                0
+            };
+            self.current = 0;
+            self.window = w;
+        }
+        self.current = self.current.saturating_add(1);
+    }
+
+    /// Requests in the last [`HOT_WINDOW`] recorded, estimated.
+    fn estimate(&self, tick: u64) -> f64 {
+        let w = (tick / HOT_WINDOW) as u32;
+        let into = (tick % HOT_WINDOW) as f64 / HOT_WINDOW as f64;
+        match w.checked_sub(self.window) {
+            Some(0) => f64::from(self.current) + f64::from(self.previous) * (1.0 - into),
+            Some(1) => f64::from(self.current) * (1.0 - into),
+            _ => 0.0,
+        }
+    }
 }
 
 /// What the index knows about one prompt.
@@ -32,8 +73,9 @@ pub struct PrefixMatch {
     /// leading blocks held. Sorted by slot.
     pub matched: Vec<(Slot, u32)>,
     /// Leading blocks that form a *hot shared prefix*: the prompt up to the
-    /// deepest block whose fan-out reached the threshold. Holding only these
-    /// is not a reason to prefer a replica: every replica soon holds them.
+    /// deepest block carried by at least the hot share of recent requests.
+    /// Holding only these is no reason to prefer a replica: no one replica
+    /// can take that much traffic, so every replica soon holds them.
     pub shared: u32,
 }
 
@@ -57,6 +99,9 @@ impl PrefixMatch {
 #[derive(Debug)]
 pub struct PrefixIndex {
     entries: HashMap<u64, Entry, HashIdentity>,
+    /// Requests recorded so far, and per traffic window.
+    tick: u64,
+    seen: Traffic,
     /// Partial last blocks by the block they follow: `(tail hash, length)`.
     tails: HashMap<u64, SmallVec<[(u64, u16); 2]>, HashIdentity>,
     /// Tail hash → the parent it is filed under (to unfile it on eviction).
@@ -70,6 +115,8 @@ impl PrefixIndex {
     pub fn new(capacity_blocks: usize) -> Self {
         Self {
             entries: HashMap::default(),
+            tick: 0,
+            seen: Traffic::default(),
             tails: HashMap::default(),
             tail_parent: HashMap::default(),
             replicas: Vec::new(),
@@ -101,26 +148,34 @@ impl PrefixIndex {
     }
 
     /// Leading blocks of `prompt` each replica holds, and the hot shared
-    /// depth (blocks whose fan-out is at least `hot_fanout`).
+    /// depth: blocks carried by at least `hot_share` of recent requests.
     ///
     /// Walks the prompt's indexed positions, then, between the last match and
     /// the first miss, each block one by one (a shorter prompt recorded its
     /// last block there), then the partial-block tail: a replica holding the
     /// leading part of the first block it lacks is credited with that block.
     /// O(indexed blocks × holders).
-    pub fn lookup(&self, prompt: &PromptBlocks, hot_fanout: u16) -> PrefixMatch {
+    pub fn lookup(&self, prompt: &PromptBlocks, hot_share: f64) -> PrefixMatch {
         let hashes = &prompt.hashes;
         if hashes.is_empty() {
             return PrefixMatch::default();
         }
         let mut walk = Walk::default();
         let mut shared = 0u32;
+        // Deeper blocks are carried by no more requests than shallower ones:
+        // once one is not hot, none after it is.
+        let seen = self.seen.estimate(self.tick).max(1.0);
+        let mut hot = true;
         let mut stop = hashes.len();
         for i in prompt.indexed_positions() {
             match self.entries.get(&hashes[i]) {
                 Some(entry) if walk.advance(i, &entry.holders) => {
-                    if entry.fanout >= hot_fanout {
-                        shared = walk.depth as u32;
+                    if hot {
+                        let carried = entry.traffic.estimate(self.tick);
+                        hot = carried >= HOT_MIN_REQUESTS && carried >= hot_share * seen;
+                        if hot {
+                            shared = walk.depth as u32;
+                        }
                     }
                 }
                 _ => {
@@ -175,6 +230,9 @@ impl PrefixIndex {
         if self.replicas.len() <= idx {
             self.replicas.resize_with(idx + 1, || None);
         }
+        self.tick += 1;
+        self.seen.bump(self.tick);
+        let tick = self.tick;
         let lru = self.replicas[idx].get_or_insert_with(Lru::default);
         let mut files = Files {
             entries: &mut self.entries,
@@ -192,17 +250,15 @@ impl PrefixIndex {
                 .push((tail.hash, tail.len));
             files.tail_parent.insert(tail.hash, tail.parent);
         }
-        // Deepest first, so the root ends most recent (see type docs). A block
-        // whose child was new to the index gains fan-out.
+        // Deepest first, so the root ends most recent (see type docs); each
+        // block counts one more request carrying it.
         let positions: SmallVec<[usize; 64]> = prompt.indexed_positions().collect();
-        let mut child_created = false;
         for (k, &i) in positions.iter().enumerate().rev() {
             let weight = i - k.checked_sub(1).map_or(0, |p| positions[p] + 1) + 1;
-            let created = files.touch(lru, slot, hashes[i], weight);
-            if child_created && let Some(e) = files.entries.get_mut(&hashes[i]) {
-                e.fanout = e.fanout.saturating_add(1);
+            files.touch(lru, slot, hashes[i], weight);
+            if let Some(e) = files.entries.get_mut(&hashes[i]) {
+                e.traffic.bump(tick);
             }
-            child_created = created;
         }
     }
 
@@ -411,7 +467,7 @@ mod tests {
         let mut ix = PrefixIndex::new(100);
         ix.record(0, &p(&[1, 2, 3, 4]));
         ix.record(1, &p(&[1, 2]));
-        let m = ix.lookup(&p(&[1, 2, 3, 9]), u16::MAX);
+        let m = ix.lookup(&p(&[1, 2, 3, 9]), f64::INFINITY);
         assert_eq!(m.matched, vec![(0, 3), (1, 2)]);
         assert_eq!(m.blocks_for(0), 3);
         assert_eq!(m.blocks_for(7), 0);
@@ -421,8 +477,11 @@ mod tests {
     fn a_prompt_fully_held_matches_all_its_blocks() {
         let mut ix = PrefixIndex::new(100);
         ix.record(2, &p(&[5, 6, 7]));
-        assert_eq!(ix.lookup(&p(&[5, 6, 7]), u16::MAX).matched, vec![(2, 3)]);
-        assert_eq!(ix.lookup(&p(&[5, 6]), u16::MAX).matched, vec![(2, 2)]);
+        assert_eq!(
+            ix.lookup(&p(&[5, 6, 7]), f64::INFINITY).matched,
+            vec![(2, 3)]
+        );
+        assert_eq!(ix.lookup(&p(&[5, 6]), f64::INFINITY).matched, vec![(2, 2)]);
     }
 
     #[test]
@@ -432,26 +491,50 @@ mod tests {
         ix.record(0, &p(&[10, 11]));
         // Capacity 4: the oldest tail block (3) went first, prefix 1,2 kept.
         assert_eq!(ix.blocks_held(0), 4);
-        assert_eq!(ix.lookup(&p(&[1, 2, 3]), u16::MAX).matched, vec![(0, 2)]);
-        assert_eq!(ix.lookup(&p(&[10, 11]), u16::MAX).matched, vec![(0, 2)]);
+        assert_eq!(
+            ix.lookup(&p(&[1, 2, 3]), f64::INFINITY).matched,
+            vec![(0, 2)]
+        );
+        assert_eq!(
+            ix.lookup(&p(&[10, 11]), f64::INFINITY).matched,
+            vec![(0, 2)]
+        );
         assert_eq!(ix.len(), 4);
     }
 
     #[test]
-    fn fanout_marks_a_prefix_that_many_requests_branch_from() {
-        let mut ix = PrefixIndex::new(100);
+    fn a_prefix_most_recent_requests_carry_is_hot_and_a_rare_one_is_not() {
+        let mut ix = PrefixIndex::new(10_000);
         let system = [1, 2, 3];
-        for s in 0..5u64 {
-            ix.record(s as Slot % 2, &p(&chain(&system, &[100 + s, 200 + s])));
+        for s in 0..40u64 {
+            // Every request carries the system prompt; group 7's prefix one in four.
+            let group = if s % 4 == 0 { 7 } else { 100 + s };
+            ix.record(s as Slot % 2, &p(&chain(&system, &[group, 1000 + s])));
         }
-        let m = ix.lookup(&p(&chain(&system, &[999])), 4);
-        assert_eq!(m.shared, 3, "the system prompt is the hot shared part");
-        // A conversation that only extends itself is not a branch point.
+        let m = ix.lookup(&p(&chain(&system, &[7, 999])), 0.5);
+        assert_eq!(
+            m.shared, 3,
+            "the system prompt is hot, group 7 (25%) is not at 50%"
+        );
+        let m = ix.lookup(&p(&chain(&system, &[7, 999])), 0.2);
+        assert_eq!(m.shared, 4, "at a 20% threshold group 7 is hot too");
+        // Too few requests to judge: nothing is hot yet.
         let mut ix = PrefixIndex::new(100);
-        ix.record(0, &p(&[1, 2]));
-        ix.record(0, &p(&[1, 2, 3, 4]));
-        ix.record(0, &p(&[1, 2, 3, 4, 5, 6]));
-        assert_eq!(ix.lookup(&p(&[1, 2, 3, 4, 5, 6, 7]), 4).shared, 0);
+        for s in 0..3u64 {
+            ix.record(0, &p(&chain(&system, &[100 + s])));
+        }
+        assert_eq!(ix.lookup(&p(&chain(&system, &[9])), 0.1).shared, 0);
+    }
+
+    #[test]
+    fn traffic_counts_fade_after_two_windows() {
+        let mut t = Traffic::default();
+        for tick in 1..=10 {
+            t.bump(tick);
+        }
+        assert_eq!(t.estimate(10), 10.0);
+        assert_eq!(t.estimate(HOT_WINDOW + HOT_WINDOW / 2), 5.0);
+        assert_eq!(t.estimate(3 * HOT_WINDOW), 0.0);
     }
 
     #[test]
@@ -472,7 +555,7 @@ mod tests {
                 ("system prompt ".repeat(10) + "user: other").as_bytes(),
             ),
         );
-        let m = ix.lookup(&b2, u16::MAX);
+        let m = ix.lookup(&b2, f64::INFINITY);
         assert_eq!(m.blocks_for(3), b1.len() as u32, "partial block credited");
         assert_eq!(m.blocks_for(4), b1.len() as u32 - 1);
     }
@@ -483,13 +566,16 @@ mod tests {
         let mut ix = PrefixIndex::new(100);
         ix.record(0, &hasher.hash("m", b"prompt number 1"));
         assert!(
-            ix.lookup(&hasher.hash("m", b"prompt number 2"), u16::MAX)
+            ix.lookup(&hasher.hash("m", b"prompt number 2"), f64::INFINITY)
                 .matched
                 .is_empty()
         );
         assert_eq!(
-            ix.lookup(&hasher.hash("m", b"prompt number 1 and more"), u16::MAX)
-                .matched,
+            ix.lookup(
+                &hasher.hash("m", b"prompt number 1 and more"),
+                f64::INFINITY
+            )
+            .matched,
             vec![(0, 1)]
         );
     }
@@ -520,7 +606,7 @@ mod tests {
         ix.record(0, &p(&[1, 2, 3, 4]));
         ix.record(1, &p(&[1, 2, 3, 4]));
         assert_eq!(ix.truncate(0, &p(&[1, 2, 3, 4]), 1), 3);
-        let m = ix.lookup(&p(&[1, 2, 3, 4]), u16::MAX);
+        let m = ix.lookup(&p(&[1, 2, 3, 4]), f64::INFINITY);
         assert_eq!(m.matched, vec![(0, 1), (1, 4)]);
     }
 
@@ -531,7 +617,7 @@ mod tests {
         ix.record(1, &p(&[1, 3]));
         let gone = ix.remove_replica(0);
         assert_eq!(gone.len(), 2);
-        assert_eq!(ix.lookup(&p(&[1, 2]), u16::MAX).matched, vec![(1, 1)]);
+        assert_eq!(ix.lookup(&p(&[1, 2]), f64::INFINITY).matched, vec![(1, 1)]);
         assert_eq!(ix.len(), 2);
         assert_eq!(ix.blocks_held(0), 0);
     }

@@ -57,15 +57,23 @@ pub struct RoutingConfig {
     pub hasher: BlockHasher,
     /// `c` of the load bound: a replica is eligible while its in-flight count
     /// is below `ceil(c · (total_in_flight + 1) / replicas)`. At least 1.0.
+    /// 5 by default: a guard against pile-ups, not the objective — tighter
+    /// bounds spill warm requests and recompute long prefixes elsewhere
+    /// (docs/benchmarks.md has the sweep).
     pub load_factor: f64,
     /// Blocks remembered per replica (its KV cache, in blocks).
     pub index_capacity_blocks: usize,
-    /// A block with at least this many distinct continuations is a hot shared
-    /// prefix (a system prompt). 0 = automatic: max(4, replicas).
-    pub hot_prefix_fanout: u16,
+    /// A prefix carried by at least this share of recent requests is a hot
+    /// shared prefix (a system prompt): spread, never followed. 0 =
+    /// automatic: half of one replica's fair share, 1 / (2 · replicas).
+    pub hot_prefix_share: f64,
     /// Cost of one queued (not yet prefilled) block ahead, relative to one
-    /// block to compute. 1.0: TTFT grows with both alike.
+    /// block to compute. 0 by default: on every simulated workload the
+    /// in-flight bound alone did as well or better (docs/benchmarks.md).
     pub queue_weight: f64,
+    /// New prefixes skip ring replicas whose cache footprint is above this
+    /// multiple of the mean (0 = off).
+    pub cold_footprint_factor: f64,
     /// Virtual nodes per replica on the ring.
     pub vnodes: usize,
     /// Half-life of the load reference. The bound is computed from the
@@ -86,10 +94,11 @@ impl Default for RoutingConfig {
         Self {
             policy: Policy::Kvmesh,
             hasher: BlockHasher::default(),
-            load_factor: 1.25,
+            load_factor: 5.0,
             index_capacity_blocks: 32_768,
-            hot_prefix_fanout: 0,
-            queue_weight: 1.0,
+            hot_prefix_share: 0.0,
+            queue_weight: 0.0,
+            cold_footprint_factor: 1.05,
             vnodes: DEFAULT_VNODES,
             load_half_life: Duration::from_secs(1),
             eject_after_failures: 3,
@@ -446,12 +455,18 @@ impl Router {
             Policy::RoundRobin => {
                 self.rr = self.rr.wrapping_add(1);
                 let (slot, _) = candidates[self.rr % candidates.len()];
-                let matched = self.index.lookup(req.blocks, u16::MAX).blocks_for(slot);
+                let matched = self
+                    .index
+                    .lookup(req.blocks, f64::INFINITY)
+                    .blocks_for(slot);
                 return decision(slot, Reason::Load, matched);
             }
             Policy::LeastLoaded => {
                 let slot = self.least_loaded(candidates);
-                let matched = self.index.lookup(req.blocks, u16::MAX).blocks_for(slot);
+                let matched = self
+                    .index
+                    .lookup(req.blocks, f64::INFINITY)
+                    .blocks_for(slot);
                 return decision(slot, Reason::Load, matched);
             }
             Policy::Kvmesh => {}
@@ -471,7 +486,10 @@ impl Router {
         };
         if let Some(session) = req.session {
             let slot = self.ring_first(xxh3_64(session.as_bytes()), &|s| below(s, bound));
-            let matched = self.index.lookup(req.blocks, u16::MAX).blocks_for(slot);
+            let matched = self
+                .index
+                .lookup(req.blocks, f64::INFINITY)
+                .blocks_for(slot);
             return decision(slot, Reason::Session, matched);
         }
         if req.blocks.is_empty() {
@@ -484,9 +502,10 @@ impl Router {
             return decision(slot, Reason::Load, 0);
         }
         let n = req.blocks.len();
-        let hot = match self.cfg.hot_prefix_fanout {
-            0 => self.replica_count().max(4).min(u16::MAX as usize) as u16,
-            f => f,
+        let hot = if self.cfg.hot_prefix_share > 0.0 {
+            self.cfg.hot_prefix_share
+        } else {
+            0.5 / self.replica_count().max(1) as f64
         };
         let m: PrefixMatch = self.index.lookup(req.blocks, hot);
         // A match that ends inside the hot shared prefix is worth nothing:
@@ -514,7 +533,26 @@ impl Router {
         // the headroom up to `c` stays for the sessions a replica already has,
         // so placing new work does not push existing sessions off their home.
         let fair = load_bound(1.0, reference, candidates.len());
-        let cold = self.ring_first(key, &|s| below(s, fair));
+        // ...and, once caches run full, whose cache footprint (blocks the
+        // index holds for it) is near the mean, so no cache evicts first.
+        // Below half full, footprints do not matter and the ring decides alone.
+        let footprint = self.cfg.cold_footprint_factor;
+        let half_full = self.index.capacity() / 2;
+        let held: Vec<usize> = (0..self.replicas.len())
+            .map(|s| self.index.blocks_held(s as Slot))
+            .collect();
+        let mean_held = candidates.iter().map(|c| held[c.0 as usize]).sum::<usize>() as f64
+            / candidates.len() as f64;
+        let roomy = |s: Slot| {
+            let h = held[s as usize];
+            below(s, fair)
+                && (footprint <= 0.0 || h <= half_full || h as f64 <= footprint * mean_held)
+        };
+        let cold = if candidates.iter().any(|c| roomy(c.0)) {
+            self.ring_first(key, &roomy)
+        } else {
+            self.ring_first(key, &|s| below(s, fair))
+        };
         if warm.is_empty() {
             return decision(cold, Reason::Cold, m.blocks_for(cold));
         }

@@ -1,0 +1,262 @@
+//! `kvmesh bench`: replays a workload — offline against simulated engines in
+//! virtual time, or online against a URL — and reports hit rate, TTFT and balance.
+
+pub mod report;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::routing::{BlockHasher, RoutingConfig};
+use crate::sim::engine::EngineConfig;
+use crate::sim::offline::{OfflineConfig, PolicyKind, PolicyResult, Prepared, run};
+use crate::sim::workload::{Spec, Workload, WorkloadError, build};
+
+/// Which workload to replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadName {
+    /// Chat sessions under one shared system prompt.
+    Chat,
+    /// SGLang's generated shared prefix: 64 groups × 16 prompts.
+    SharedPrefix,
+    /// Questions over Zipf-popular documents.
+    Rag,
+    /// A Mooncake JSONL trace (`--trace FILE`).
+    Trace,
+}
+
+/// Workload flags shared by every mode.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadArgs {
+    /// Workload to replay.
+    #[arg(long, value_enum, default_value = "chat")]
+    pub workload: WorkloadName,
+    /// Trace file for `--workload trace` (Mooncake JSONL).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Tokens of stand-in text per trace hash id (the trace's own blocks are 512).
+    #[arg(long, default_value_t = 512)]
+    pub tokens_per_block: usize,
+    /// Multiplies trace timestamps (0.5 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Replay at most this many trace requests (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Chat: sessions.
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// Chat: turns per session.
+    #[arg(long)]
+    pub turns: Option<usize>,
+    /// Arrival rate: new sessions (chat) or requests (others) per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl WorkloadArgs {
+    /// The workload these flags describe.
+    pub fn spec(&self) -> Result<Spec, BenchError> {
+        let mut spec = match self.workload {
+            WorkloadName::Chat => Spec::chat(),
+            WorkloadName::SharedPrefix => Spec::shared_prefix(),
+            WorkloadName::Rag => Spec::rag(),
+            WorkloadName::Trace => Spec::Trace {
+                path: self.trace.clone().ok_or(BenchError::Usage(
+                    "--workload trace needs --trace FILE".into(),
+                ))?,
+                tokens_per_block: self.tokens_per_block,
+                time_scale: self.time_scale,
+                limit: self.limit,
+            },
+        };
+        match &mut spec {
+            Spec::Chat {
+                users, turns, rate, ..
+            } => {
+                *users = self.users.unwrap_or(*users);
+                *turns = self.turns.unwrap_or(*turns);
+                *rate = self.rate.unwrap_or(*rate);
+            }
+            Spec::SharedPrefix { rate, .. } | Spec::Rag { rate, .. } => {
+                *rate = self.rate.unwrap_or(*rate)
+            }
+            Spec::Trace { .. } => {}
+        }
+        Ok(spec)
+    }
+
+    /// Builds the workload.
+    pub fn build(&self) -> Result<Workload, BenchError> {
+        Ok(build(&self.spec()?, self.seed)?)
+    }
+}
+
+/// Flags of `kvmesh bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Simulate engines in virtual time instead of sending HTTP requests.
+    #[arg(long)]
+    pub offline: bool,
+    /// Offline: simulated engines.
+    #[arg(long, default_value_t = 8)]
+    pub engines: usize,
+    /// Offline: KV cache per engine, in tokens.
+    #[arg(long, default_value_t = 400_000)]
+    pub cache_tokens: usize,
+    /// Offline: policies to compare (kvmesh, round-robin, least-loaded,
+    /// random, consistent-hash, sglang), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kvmesh,round-robin,least-loaded,random,consistent-hash,sglang"
+    )]
+    pub policies: Vec<String>,
+    /// Offline: kvmesh's load factor `c` (see `kvmesh router --help`).
+    #[arg(long, default_value_t = 5.0)]
+    pub load_factor: f64,
+    /// Offline: kvmesh's queue weight.
+    #[arg(long, default_value_t = 0.0)]
+    pub queue_weight: f64,
+    /// Offline: kvmesh's cold footprint factor (0 = off).
+    #[arg(long, default_value_t = 1.05)]
+    pub cold_footprint_factor: f64,
+    /// Offline: kvmesh's hot prefix share (0 = 1/engines).
+    #[arg(long, default_value_t = 0.0)]
+    pub hot_prefix_share: f64,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `kvmesh bench`.
+pub async fn run_bench(args: BenchArgs) -> Result<(), BenchError> {
+    if !args.offline {
+        return Err(BenchError::Usage(
+            "online mode is not built yet: use --offline".into(),
+        ));
+    }
+    let results = offline(&args)?;
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&results).unwrap_or_default();
+        std::fs::write(path, text).map_err(|source| BenchError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs the offline comparison and prints its table.
+pub fn offline(args: &BenchArgs) -> Result<Vec<PolicyResult>, BenchError> {
+    let kinds: Vec<PolicyKind> = args
+        .policies
+        .iter()
+        .map(|p| {
+            PolicyKind::parse(p.trim())
+                .ok_or_else(|| BenchError::Usage(format!("unknown policy {p:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    if args.engines == 0 || args.cache_tokens == 0 {
+        return Err(BenchError::Usage(
+            "--engines and --cache-tokens must be at least 1".into(),
+        ));
+    }
+    let started = Instant::now();
+    let w = args.workload.build()?;
+    let prep = Prepared::new(
+        &w,
+        BlockHasher::default(),
+        kinds.contains(&PolicyKind::SglangCacheAware),
+    );
+    eprintln!(
+        "workload {}: {} requests, built in {:.1} s; infinite-cache bound {}",
+        w.name,
+        w.requests.len(),
+        started.elapsed().as_secs_f64(),
+        report::pct(prep.bound())
+    );
+    let cfg = OfflineConfig {
+        engines: args.engines,
+        engine: EngineConfig {
+            cache_tokens: args.cache_tokens,
+            ..EngineConfig::default()
+        },
+        seed: args.workload.seed,
+        routing: RoutingConfig {
+            load_factor: args.load_factor,
+            queue_weight: args.queue_weight,
+            cold_footprint_factor: args.cold_footprint_factor,
+            hot_prefix_share: args.hot_prefix_share,
+            ..RoutingConfig::default()
+        },
+    };
+    let mut results = Vec::new();
+    for kind in kinds {
+        let t = Instant::now();
+        let r = run(&w, &prep, kind, &cfg);
+        eprintln!(
+            "  {} simulated in {:.1} s",
+            kind.name(),
+            t.elapsed().as_secs_f64()
+        );
+        results.push(r);
+    }
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.policy.clone(),
+                report::pct(r.hit_rate),
+                report::pct(r.bound_share),
+                format!("{:.2}M", r.prefill_tokens as f64 / 1e6),
+                report::ms(r.ttft_mean_s),
+                report::ms(r.ttft_p50_s),
+                report::ms(r.ttft_p99_s),
+                report::ratio(r.max_mean_requests),
+                report::ratio(r.max_mean_tokens),
+            ]
+        })
+        .collect();
+    println!(
+        "{} on {} engines × {} cache tokens ({} requests)\n{}",
+        w.name,
+        args.engines,
+        args.cache_tokens,
+        w.requests.len(),
+        report::table(
+            &[
+                "policy",
+                "hit rate",
+                "of bound",
+                "prefill tok",
+                "TTFT mean ms",
+                "p50 ms",
+                "p99 ms",
+                "max/mean req",
+                "max/mean tok"
+            ],
+            &rows
+        )
+    );
+    Ok(results)
+}
