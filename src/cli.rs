@@ -24,6 +24,8 @@ pub struct Cli {
 /// What to run.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The main job with no cluster: simulated engines behind a kvmesh router and a round-robin router, one workload through each, side by side.
+    Demo(crate::bench::demo::DemoArgs),
     /// The L7 proxy: sends each request to the replica most likely to hold its prompt prefix.
     Router(crate::proxy::RouterArgs),
     /// Replays a workload and reports prefix-cache hit rate, time to first token and balance.
@@ -39,6 +41,9 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::Demo(args) => {
+            runtime.block_on(crate::bench::demo::run_demo(args))?;
+        }
         Command::Router(args) => runtime.block_on(crate::proxy::run(args))?,
         Command::Bench(args) => runtime.block_on(crate::bench::run_bench(args))?,
         Command::Sim(args) => runtime.block_on(crate::sim::server::run(args))?,

@@ -20,7 +20,11 @@ fn help_lists_only_subcommands_that_work() {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["router", "bench", "sim", "help"], "{text}");
+    assert_eq!(
+        commands,
+        ["demo", "router", "bench", "sim", "help"],
+        "{text}"
+    );
 }
 
 #[test]
@@ -106,4 +110,43 @@ fn sigterm_stops_the_router_cleanly() {
         rest.iter().any(|l| l.contains("shutdown requested")),
         "{rest:?}"
     );
+}
+
+#[test]
+fn demo_quick_runs_both_routers_and_prints_the_comparison() {
+    let mut child = kvmesh()
+        .args(["demo", "--quick", "--speed", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("demo --quick did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+        .expect("read");
+    assert!(status.success(), "{out}");
+    for want in [
+        "kvmesh ",
+        "round-robin ",
+        "kvmesh vs round-robin: mean TTFT",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    let errors_column_is_zero = out
+        .lines()
+        .filter(|l| {
+            (l.starts_with("kvmesh ") || l.starts_with("round-robin ")) && !l.contains(" vs ")
+        })
+        .all(|l| l.split_whitespace().nth(7) == Some("0"));
+    assert!(errors_column_is_zero, "{out}");
 }

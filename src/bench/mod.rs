@@ -1,6 +1,8 @@
 //! `kvmesh bench`: replays a workload — offline against simulated engines in
 //! virtual time, or online against a URL — and reports hit rate, TTFT and balance.
 
+pub mod demo;
+pub mod online;
 pub mod report;
 
 use std::path::PathBuf;
@@ -48,6 +50,18 @@ pub struct WorkloadArgs {
     /// Chat: turns per session.
     #[arg(long)]
     pub turns: Option<usize>,
+    /// Chat: tokens of the system prompt every session shares.
+    #[arg(long)]
+    pub system_tokens: Option<usize>,
+    /// Chat: tokens per user question.
+    #[arg(long)]
+    pub question_tokens: Option<usize>,
+    /// Chat: tokens per answer (`max_tokens`).
+    #[arg(long)]
+    pub answer_tokens: Option<usize>,
+    /// Chat: seconds between an answer and the next question.
+    #[arg(long)]
+    pub think: Option<f64>,
     /// Arrival rate: new sessions (chat) or requests (others) per second.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -74,11 +88,21 @@ impl WorkloadArgs {
         };
         match &mut spec {
             Spec::Chat {
-                users, turns, rate, ..
+                users,
+                turns,
+                system_tokens,
+                question_tokens,
+                answer_tokens,
+                rate,
+                think_s,
             } => {
                 *users = self.users.unwrap_or(*users);
                 *turns = self.turns.unwrap_or(*turns);
+                *system_tokens = self.system_tokens.unwrap_or(*system_tokens);
+                *question_tokens = self.question_tokens.unwrap_or(*question_tokens);
+                *answer_tokens = self.answer_tokens.unwrap_or(*answer_tokens);
                 *rate = self.rate.unwrap_or(*rate);
+                *think_s = self.think.unwrap_or(*think_s);
             }
             Spec::SharedPrefix { rate, .. } | Spec::Rag { rate, .. } => {
                 *rate = self.rate.unwrap_or(*rate)
@@ -128,9 +152,30 @@ pub struct BenchArgs {
     /// Offline: kvmesh's hot prefix share (0 = 1/engines).
     #[arg(long, default_value_t = 0.0)]
     pub hot_prefix_share: f64,
+    /// Online: base URL to replay against; repeat to compare several
+    /// (`NAME=URL` names a run).
+    #[arg(long = "target")]
+    pub targets: Vec<String>,
+    /// Online: an engine's Prometheus endpoint (repeat), read before and
+    /// after each run for the prefix-cache hit rate.
+    #[arg(long = "engine-metrics")]
+    pub engine_metrics: Vec<String>,
+    /// Online: before each run, ask every engine to drop its prefix cache
+    /// (`POST /reset_prefix_cache` beside its metrics URL).
+    #[arg(long)]
+    pub reset_caches: bool,
+    /// Online: workload seconds per wall second (match `kvmesh sim --speed`).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Online: a request slower than this fails.
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Online: draw the runs' TTFT CDFs into this SVG file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
 }
 
 /// Why a benchmark could not run.
@@ -150,20 +195,98 @@ pub enum BenchError {
 
 /// `kvmesh bench`.
 pub async fn run_bench(args: BenchArgs) -> Result<(), BenchError> {
-    if !args.offline {
-        return Err(BenchError::Usage(
-            "online mode is not built yet: use --offline".into(),
-        ));
-    }
-    let results = offline(&args)?;
+    let json = if args.offline {
+        serde_json::to_string_pretty(&offline(&args)?)
+    } else {
+        let results = online(&args).await?;
+        if let Some(path) = &args.svg {
+            let series: Vec<(String, Vec<f64>)> = results
+                .iter()
+                .map(|r| (r.name.clone(), r.ttfts.clone()))
+                .collect();
+            report::svg_ttft_cdf(path, &series).map_err(|why| BenchError::Write {
+                path: path.clone(),
+                source: std::io::Error::other(why),
+            })?;
+        }
+        serde_json::to_string_pretty(&results)
+    };
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&results).unwrap_or_default();
-        std::fs::write(path, text).map_err(|source| BenchError::Write {
+        std::fs::write(path, json.unwrap_or_default()).map_err(|source| BenchError::Write {
             path: path.clone(),
             source,
         })?;
     }
     Ok(())
+}
+
+/// Replays the workload against every `--target` and prints the table.
+pub async fn online(args: &BenchArgs) -> Result<Vec<online::OnlineResult>, BenchError> {
+    if args.targets.is_empty() {
+        return Err(BenchError::Usage("give --target URL (or --offline)".into()));
+    }
+    let w = args.workload.build()?;
+    let mut results = Vec::new();
+    for t in &args.targets {
+        let (name, url) = match t.split_once('=') {
+            Some((n, u)) if !n.contains("://") => (n.to_string(), u.to_string()),
+            _ => (t.clone(), t.clone()),
+        };
+        if args.reset_caches {
+            online::reset_caches(&args.engine_metrics).await;
+        }
+        let cfg = online::OnlineConfig {
+            target: url,
+            engine_metrics: args.engine_metrics.clone(),
+            speed: args.speed,
+            timeout: args.timeout,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        results.push(online::replay(&name, &w, &cfg).await?);
+    }
+    println!(
+        "{} ({} requests)\n{}",
+        w.name,
+        w.requests.len(),
+        online_table(&results)
+    );
+    Ok(results)
+}
+
+/// The online results as a text table.
+pub fn online_table(results: &[online::OnlineResult]) -> String {
+    let opt = |v: Option<f64>, f: fn(f64) -> String| v.map_or("-".to_string(), f);
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                opt(r.hit_rate, report::pct),
+                r.prefill_tokens
+                    .map_or("-".into(), |t| format!("{:.2}M", t as f64 / 1e6)),
+                report::ms(r.ttft_mean_s),
+                report::ms(r.ttft_p50_s),
+                report::ms(r.ttft_p99_s),
+                opt(r.max_mean_requests, report::ratio),
+                r.errors.to_string(),
+                format!("{:.1}", r.wall_s),
+            ]
+        })
+        .collect();
+    report::table(
+        &[
+            "run",
+            "hit rate",
+            "prefill tok",
+            "TTFT mean ms",
+            "p50 ms",
+            "p99 ms",
+            "max/mean req",
+            "errors",
+            "wall s",
+        ],
+        &rows,
+    )
 }
 
 /// Runs the offline comparison and prints its table.

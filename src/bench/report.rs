@@ -50,6 +50,57 @@ pub fn ratio(x: f64) -> String {
     format!("{x:.2}")
 }
 
+/// Draws each series' TTFT CDF (seconds, sorted) into an SVG file.
+pub fn svg_ttft_cdf(path: &std::path::Path, series: &[(String, Vec<f64>)]) -> Result<(), String> {
+    use plotters::prelude::*;
+    let max_x = series
+        .iter()
+        .filter_map(|(_, v)| v.last().copied())
+        .fold(0.001f64, f64::max)
+        * 1000.0;
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Time to first token (CDF)", ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..max_x * 1.02, 0f64..1.0)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("TTFT (ms)")
+        .y_desc("share of requests")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (i, (name, values)) in series.iter().enumerate() {
+        let n = values.len().max(1) as f64;
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(k, v)| (v * 1000.0, (k + 1) as f64 / n)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
