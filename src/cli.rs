@@ -36,7 +36,12 @@ pub enum Command {
 
 /// Runs the parsed command line; the error is printed by `main`.
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    init_logging(cli.log_format);
+    // The demo and benchmarks print tables; their servers' routine logs would bury them.
+    let level = match cli.command {
+        Command::Demo(_) | Command::Bench(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -52,8 +52,9 @@ pub struct OnlineResult {
     pub ttft_p50_s: f64,
     pub ttft_p99_s: f64,
     pub e2e_mean_s: f64,
-    /// Busiest replica's requests / mean, from the `x-kvmesh-replica` or
-    /// `x-kvmesh-sim-engine` response header when present.
+    /// Busiest engine's finished requests / mean, from the engines' metrics;
+    /// without them, from the `x-kvmesh-replica` / `x-kvmesh-sim-engine`
+    /// response headers (which only count replicas that served something).
     pub max_mean_requests: Option<f64>,
     pub wall_s: f64,
     /// Every successful request's TTFT (workload seconds), sorted.
@@ -168,13 +169,17 @@ pub async fn replay(
             *per_replica.entry(r.as_str()).or_default() += 1;
         }
     }
-    let (hit_rate, prefill_tokens) = match (before, after) {
+    let (hit_rate, prefill_tokens, engine_share) = match (before, after) {
         (Some(b), Some(a)) if a.queries > b.queries => {
             let q = a.queries - b.queries;
             let h = a.hits - b.hits;
-            (Some(h / q), Some((q - h).max(0.0) as u64))
+            // Requests each engine finished during the run: the share every
+            // router is judged by, whatever headers it passes on.
+            let done: Vec<f64> = a.finished.iter().zip(&b.finished).map(|(x, y)| x - y).collect();
+            let share = (done.iter().sum::<f64>() > 0.0).then(|| max_over_mean(done.into_iter()));
+            (Some(h / q), Some((q - h).max(0.0) as u64), share)
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
     Ok(OnlineResult {
         name: name.to_string(),
@@ -186,8 +191,9 @@ pub async fn replay(
         ttft_p50_s: quantile(&ttfts, 0.5),
         ttft_p99_s: quantile(&ttfts, 0.99),
         e2e_mean_s: mean(&e2e),
-        max_mean_requests: (!per_replica.is_empty())
-            .then(|| max_over_mean(per_replica.values().map(|&v| v as f64))),
+        max_mean_requests: engine_share.or_else(|| {
+            (!per_replica.is_empty()).then(|| max_over_mean(per_replica.values().map(|&v| v as f64)))
+        }),
         wall_s,
         ttfts,
     })
@@ -275,11 +281,13 @@ fn has_content(buf: &[u8]) -> bool {
         })
 }
 
-/// Sums of the prefix-cache counters over all engines.
-#[derive(Debug, Clone, Copy)]
+/// Sums of the prefix-cache counters over all engines, and each engine's
+/// finished requests.
+#[derive(Debug, Clone)]
 struct CacheCounters {
     queries: f64,
     hits: f64,
+    finished: Vec<f64>,
 }
 
 async fn scrape_all(client: &HttpClient, urls: &[String]) -> Option<CacheCounters> {
@@ -289,6 +297,7 @@ async fn scrape_all(client: &HttpClient, urls: &[String]) -> Option<CacheCounter
     let mut total = CacheCounters {
         queries: 0.0,
         hits: 0.0,
+        finished: Vec::new(),
     };
     for u in urls {
         let uri: Uri = u.parse().ok()?;
@@ -300,6 +309,7 @@ async fn scrape_all(client: &HttpClient, urls: &[String]) -> Option<CacheCounter
         let text = String::from_utf8_lossy(&body);
         total.queries += metric_sum(&text, "vllm:prefix_cache_queries");
         total.hits += metric_sum(&text, "vllm:prefix_cache_hits");
+        total.finished.push(metric_sum(&text, "vllm:request_success"));
     }
     Some(total)
 }

@@ -44,7 +44,7 @@ pub struct RouterArgs {
     #[arg(long, env = "KVMESH_INDEX_CAPACITY_BLOCKS", default_value_t = 32_768)]
     pub index_capacity_blocks: usize,
     /// Share of recent requests (0–1) that makes the prefix they carry a hot
-    /// shared prefix (spread over replicas, not followed); 0 = 1/(2·replicas).
+    /// shared prefix (spread over replicas, not followed); 0 = 1/(3·replicas).
     #[arg(long, env = "KVMESH_HOT_PREFIX_SHARE", default_value_t = 0.0)]
     pub hot_prefix_share: f64,
     /// Weight of queued prefill blocks against blocks to compute (0: the

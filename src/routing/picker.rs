@@ -65,7 +65,8 @@ pub struct RoutingConfig {
     pub index_capacity_blocks: usize,
     /// A prefix carried by at least this share of recent requests is a hot
     /// shared prefix (a system prompt): spread, never followed. 0 =
-    /// automatic: half of one replica's fair share, 1 / (2 · replicas).
+    /// automatic: a third of one replica's fair share, 1 / (3 · replicas)
+    /// (the best balance of hit rate and spread measured in docs/benchmarks.md).
     pub hot_prefix_share: f64,
     /// Cost of one queued (not yet prefilled) block ahead, relative to one
     /// block to compute. 0 by default: on every simulated workload the
@@ -505,7 +506,7 @@ impl Router {
         let hot = if self.cfg.hot_prefix_share > 0.0 {
             self.cfg.hot_prefix_share
         } else {
-            0.5 / self.replica_count().max(1) as f64
+            1.0 / (3 * self.replica_count().max(1)) as f64
         };
         let m: PrefixMatch = self.index.lookup(req.blocks, hot);
         // A match that ends inside the hot shared prefix is worth nothing:

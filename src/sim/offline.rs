@@ -421,8 +421,8 @@ mod tests {
 
     fn small() -> (Workload, OfflineConfig) {
         let spec = Spec::SharedPrefix {
-            groups: 8,
-            prompts: 8,
+            groups: 32,
+            prompts: 4,
             system_tokens: 512,
             question_tokens: 32,
             output_tokens: 8,
@@ -441,7 +441,7 @@ mod tests {
         let prep = Prepared::new(&w, BlockHasher::default(), true);
         for kind in PolicyKind::ALL {
             let r = run(&w, &prep, kind, &cfg);
-            assert_eq!((r.requests, r.refused), (64, 0), "{}", kind.name());
+            assert_eq!((r.requests, r.refused), (128, 0), "{}", kind.name());
             assert!(r.ttft_p50_s > 0.0 && r.ttft_p99_s >= r.ttft_p50_s);
             assert!(
                 r.hit_rate <= prep.bound() + 1e-9,
