@@ -175,7 +175,12 @@ pub async fn replay(
             let h = a.hits - b.hits;
             // Requests each engine finished during the run: the share every
             // router is judged by, whatever headers it passes on.
-            let done: Vec<f64> = a.finished.iter().zip(&b.finished).map(|(x, y)| x - y).collect();
+            let done: Vec<f64> = a
+                .finished
+                .iter()
+                .zip(&b.finished)
+                .map(|(x, y)| x - y)
+                .collect();
             let share = (done.iter().sum::<f64>() > 0.0).then(|| max_over_mean(done.into_iter()));
             (Some(h / q), Some((q - h).max(0.0) as u64), share)
         }
@@ -192,7 +197,8 @@ pub async fn replay(
         ttft_p99_s: quantile(&ttfts, 0.99),
         e2e_mean_s: mean(&e2e),
         max_mean_requests: engine_share.or_else(|| {
-            (!per_replica.is_empty()).then(|| max_over_mean(per_replica.values().map(|&v| v as f64)))
+            (!per_replica.is_empty())
+                .then(|| max_over_mean(per_replica.values().map(|&v| v as f64)))
         }),
         wall_s,
         ttfts,
@@ -309,7 +315,9 @@ async fn scrape_all(client: &HttpClient, urls: &[String]) -> Option<CacheCounter
         let text = String::from_utf8_lossy(&body);
         total.queries += metric_sum(&text, "vllm:prefix_cache_queries");
         total.hits += metric_sum(&text, "vllm:prefix_cache_hits");
-        total.finished.push(metric_sum(&text, "vllm:request_success"));
+        total
+            .finished
+            .push(metric_sum(&text, "vllm:request_success"));
     }
     Some(total)
 }
