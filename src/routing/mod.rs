@@ -2,6 +2,7 @@
 //! prefix index, ring and load bound → a decision. No I/O, no clock reads.
 
 pub mod blocks;
+pub mod config;
 pub mod index;
 pub mod picker;
 pub mod prompt;

@@ -10,4 +10,5 @@ pub mod server;
 pub mod sglang;
 pub mod template;
 pub mod tokenizer;
+pub mod trace;
 pub mod workload;

@@ -41,6 +41,11 @@ fn is_word(b: u8) -> bool {
 }
 
 fn for_each_token(bytes: &[u8], mut emit: impl FnMut(&[u8])) {
+    for_each_token_range(bytes, |r| emit(&bytes[r]));
+}
+
+/// Calls `emit` with the byte range of each token of `bytes`, in order.
+pub fn for_each_token_range(bytes: &[u8], mut emit: impl FnMut(std::ops::Range<usize>)) {
     let mut i = 0;
     while i < bytes.len() {
         let start = i;
@@ -56,7 +61,7 @@ fn for_each_token(bytes: &[u8], mut emit: impl FnMut(&[u8])) {
         } else {
             i += 1;
         }
-        emit(&bytes[start..i]);
+        emit(start..i);
     }
 }
 

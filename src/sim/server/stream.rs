@@ -13,13 +13,7 @@ use tokio::sync::mpsc;
 use crate::proxy::body::{BoxError, ProxyBody, boxed};
 use crate::sim::engine::Event;
 use crate::sim::template::Api;
-
-/// Longest run of word bytes in one token (as in `tokenizer`).
-const MAX_WORD_BYTES: usize = 4;
-
-fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b >= 0x80 || b == b'_'
-}
+use crate::sim::tokenizer::for_each_token_range;
 
 /// Splits `text` into the pieces `tokenizer::tokenize` makes tokens of
 /// (same rules: an optional leading space plus up to 4 word bytes, or one
@@ -36,26 +30,14 @@ pub fn token_pieces(text: &str) -> Vec<&str> {
 
 /// Byte ranges of [`token_pieces`].
 fn piece_bounds(text: &str) -> Vec<Range<usize>> {
-    let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(text.len() / 4 + 1);
-    let (mut start, mut i) = (0, 0);
-    while i < bytes.len() {
-        if bytes[i] == b' ' && i + 1 < bytes.len() && is_word(bytes[i + 1]) {
-            i += 1;
+    let mut start = 0;
+    for_each_token_range(text.as_bytes(), |r| {
+        if text.is_char_boundary(r.end) {
+            out.push(start..r.end);
+            start = r.end;
         }
-        if is_word(bytes[i]) {
-            let word_start = i;
-            while i < bytes.len() && is_word(bytes[i]) && i - word_start < MAX_WORD_BYTES {
-                i += 1;
-            }
-        } else {
-            i += 1;
-        }
-        if text.is_char_boundary(i) {
-            out.push(start..i);
-            start = i;
-        }
-    }
+    });
     if start < text.len() {
         out.push(start..text.len());
     }
