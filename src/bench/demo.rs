@@ -18,20 +18,20 @@ use crate::sim::workload::{Spec, build};
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
     /// A small workload that finishes in a few seconds (smoke test).
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_DEMO_QUICK")]
     pub quick: bool,
     /// Simulated engines.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "KVMESH_DEMO_ENGINES", default_value_t = 4)]
     pub engines: usize,
     /// Workload seconds per wall second (higher is faster but adds timer
     /// noise to the measured TTFTs).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, env = "KVMESH_DEMO_SPEED", default_value_t = 2.0)]
     pub speed: f64,
     /// Draw both runs' TTFT CDFs into this SVG file.
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_DEMO_SVG")]
     pub svg: Option<PathBuf>,
     /// Seed of the workload.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "KVMESH_DEMO_SEED", default_value_t = 1)]
     pub seed: u64,
 }
 

@@ -30,43 +30,48 @@ pub enum WorkloadName {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkloadArgs {
     /// Workload to replay.
-    #[arg(long, value_enum, default_value = "chat")]
+    #[arg(
+        long,
+        env = "KVMESH_BENCH_WORKLOAD",
+        value_enum,
+        default_value = "chat"
+    )]
     pub workload: WorkloadName,
     /// Trace file for `--workload trace` (Mooncake JSONL).
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_TRACE")]
     pub trace: Option<PathBuf>,
     /// Tokens of stand-in text per trace hash id (the trace's own blocks are 512).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, env = "KVMESH_BENCH_TOKENS_PER_BLOCK", default_value_t = 512)]
     pub tokens_per_block: usize,
     /// Multiplies trace timestamps (0.5 = twice as fast).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, env = "KVMESH_BENCH_TIME_SCALE", default_value_t = 1.0)]
     pub time_scale: f64,
     /// Replay at most this many trace requests (0 = all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "KVMESH_BENCH_LIMIT", default_value_t = 0)]
     pub limit: usize,
     /// Chat: sessions.
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_USERS")]
     pub users: Option<usize>,
     /// Chat: turns per session.
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_TURNS")]
     pub turns: Option<usize>,
     /// Chat: tokens of the system prompt every session shares.
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_SYSTEM_TOKENS")]
     pub system_tokens: Option<usize>,
     /// Chat: tokens per user question.
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_QUESTION_TOKENS")]
     pub question_tokens: Option<usize>,
     /// Chat: tokens per answer (`max_tokens`).
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_ANSWER_TOKENS")]
     pub answer_tokens: Option<usize>,
     /// Chat: seconds between an answer and the next question.
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_THINK")]
     pub think: Option<f64>,
     /// Arrival rate: new sessions (chat) or requests (others) per second.
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_RATE")]
     pub rate: Option<f64>,
     /// Seed of every random choice.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "KVMESH_BENCH_SEED", default_value_t = 1)]
     pub seed: u64,
 }
 
@@ -124,13 +129,13 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub workload: WorkloadArgs,
     /// Simulate engines in virtual time instead of sending HTTP requests.
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_OFFLINE")]
     pub offline: bool,
     /// Offline: simulated engines.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, env = "KVMESH_BENCH_ENGINES", default_value_t = 8)]
     pub engines: usize,
     /// Offline: KV cache per engine, in tokens.
-    #[arg(long, default_value_t = 400_000)]
+    #[arg(long, env = "KVMESH_BENCH_CACHE_TOKENS", default_value_t = 400_000)]
     pub cache_tokens: usize,
     /// Offline: policies to compare (kvmesh, round-robin, least-loaded,
     /// random, consistent-hash, sglang), comma-separated.
@@ -141,40 +146,48 @@ pub struct BenchArgs {
     )]
     pub policies: Vec<String>,
     /// Offline: kvmesh's load factor `c` (see `kvmesh router --help`).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, env = "KVMESH_BENCH_LOAD_FACTOR", default_value_t = 5.0)]
     pub load_factor: f64,
     /// Offline: kvmesh's queue weight.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "KVMESH_BENCH_QUEUE_WEIGHT", default_value_t = 0.0)]
     pub queue_weight: f64,
     /// Offline: kvmesh's cold footprint factor (0 = off).
-    #[arg(long, default_value_t = 1.05)]
+    #[arg(
+        long,
+        env = "KVMESH_BENCH_COLD_FOOTPRINT_FACTOR",
+        default_value_t = 1.05
+    )]
     pub cold_footprint_factor: f64,
     /// Offline: kvmesh's hot prefix share (0 = 1/engines).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "KVMESH_BENCH_HOT_PREFIX_SHARE", default_value_t = 0.0)]
     pub hot_prefix_share: f64,
     /// Online: base URL to replay against; repeat to compare several
     /// (`NAME=URL` names a run).
-    #[arg(long = "target")]
+    #[arg(long = "target", env = "KVMESH_BENCH_TARGETS", value_delimiter = ',')]
     pub targets: Vec<String>,
     /// Online: an engine's Prometheus endpoint (repeat), read before and
     /// after each run for the prefix-cache hit rate.
-    #[arg(long = "engine-metrics")]
+    #[arg(
+        long = "engine-metrics",
+        env = "KVMESH_BENCH_ENGINE_METRICS",
+        value_delimiter = ','
+    )]
     pub engine_metrics: Vec<String>,
     /// Online: before each run, ask every engine to drop its prefix cache
     /// (`POST /reset_prefix_cache` beside its metrics URL).
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_RESET_CACHES")]
     pub reset_caches: bool,
     /// Online: workload seconds per wall second (match `kvmesh sim --speed`).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, env = "KVMESH_BENCH_SPEED", default_value_t = 1.0)]
     pub speed: f64,
     /// Online: a request slower than this fails.
-    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KVMESH_BENCH_TIMEOUT", default_value = "600s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
     /// Write the results as JSON to this file.
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_JSON")]
     pub json: Option<PathBuf>,
     /// Online: draw the runs' TTFT CDFs into this SVG file.
-    #[arg(long)]
+    #[arg(long, env = "KVMESH_BENCH_SVG")]
     pub svg: Option<PathBuf>,
 }
 

@@ -51,16 +51,16 @@ pub struct SimArgs {
     #[arg(long, env = "KVMESH_SIM_MODEL", default_value = "sim-llama-3.1-8b")]
     pub model: String,
     /// Fault injection (reliability tests): share of requests answered 500
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "KVMESH_SIM_FAIL_RATE", default_value_t = 0.0)]
     pub fail_rate: f64,
     /// Fault injection: share of requests that stall (no answer until the client leaves)
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "KVMESH_SIM_STALL_RATE", default_value_t = 0.0)]
     pub stall_rate: f64,
     /// Fault injection: share of streams closed abruptly after their first token
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "KVMESH_SIM_CLOSE_RATE", default_value_t = 0.0)]
     pub close_rate: f64,
     /// Seed of the fault-injection draws
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "KVMESH_SIM_SEED", default_value_t = 1)]
     pub seed: u64,
 }
 
