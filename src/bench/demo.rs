@@ -18,7 +18,7 @@ use crate::sim::workload::{Spec, build};
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
     /// A small workload that finishes in a few seconds (smoke test).
-    #[arg(long, env = "KVMESH_DEMO_QUICK")]
+    #[arg(long, env = "KVMESH_DEMO_QUICK", value_parser = clap::builder::BoolishValueParser::new())]
     pub quick: bool,
     /// Simulated engines.
     #[arg(long, env = "KVMESH_DEMO_ENGINES", default_value_t = 4)]

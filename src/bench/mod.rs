@@ -129,7 +129,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub workload: WorkloadArgs,
     /// Simulate engines in virtual time instead of sending HTTP requests.
-    #[arg(long, env = "KVMESH_BENCH_OFFLINE")]
+    #[arg(long, env = "KVMESH_BENCH_OFFLINE", value_parser = clap::builder::BoolishValueParser::new())]
     pub offline: bool,
     /// Offline: simulated engines.
     #[arg(long, env = "KVMESH_BENCH_ENGINES", default_value_t = 8)]
@@ -175,7 +175,7 @@ pub struct BenchArgs {
     pub engine_metrics: Vec<String>,
     /// Online: before each run, ask every engine to drop its prefix cache
     /// (`POST /reset_prefix_cache` beside its metrics URL).
-    #[arg(long, env = "KVMESH_BENCH_RESET_CACHES")]
+    #[arg(long, env = "KVMESH_BENCH_RESET_CACHES", value_parser = clap::builder::BoolishValueParser::new())]
     pub reset_caches: bool,
     /// Online: workload seconds per wall second (match `kvmesh sim --speed`).
     #[arg(long, env = "KVMESH_BENCH_SPEED", default_value_t = 1.0)]

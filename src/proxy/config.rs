@@ -95,7 +95,7 @@ pub struct RouterArgs {
     #[arg(long, env = "KVMESH_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// Speak HTTP/2 without TLS (h2c, prior knowledge) to backends.
-    #[arg(long, env = "KVMESH_UPSTREAM_H2C", default_value_t = false)]
+    #[arg(long, env = "KVMESH_UPSTREAM_H2C", value_parser = clap::builder::BoolishValueParser::new())]
     pub upstream_h2c: bool,
 }
 
