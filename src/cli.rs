@@ -32,10 +32,16 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Simulated OpenAI-compatible inference engines (prefix cache + latency model) on loopback ports.
     Sim(crate::sim::server::SimArgs),
+    /// Prints the KvCachePool CustomResourceDefinition as YAML (`kubectl apply -f -`).
+    Crd,
 }
 
 /// Runs the parsed command line; the error is printed by `main`.
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    if let Command::Crd = cli.command {
+        print!("{}", crate::crd::crd_yaml()?);
+        return Ok(());
+    }
     // The demo and benchmarks print tables; their servers' routine logs would bury them.
     let level = match cli.command {
         Command::Demo(_) | Command::Bench(_) => "warn",
@@ -52,6 +58,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Router(args) => runtime.block_on(crate::proxy::run(args))?,
         Command::Bench(args) => runtime.block_on(crate::bench::run_bench(args))?,
         Command::Sim(args) => runtime.block_on(crate::sim::server::run(args))?,
+        Command::Crd => {}
     }
     Ok(())
 }

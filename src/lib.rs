@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod crd;
 pub mod proxy;
 pub mod routing;
 pub mod sim;
