@@ -243,7 +243,7 @@ async fn a_killed_backend_fails_no_request_that_had_not_started() {
     b[1].kill();
     for i in 0..200 {
         let body =
-            serde_json::json!({"model": "m", "prompt": format!("prompt number {i}")}).to_string();
+            serde_json::json!({"model": "m", "prompt": format!("request {i}: summarise the report")}).to_string();
         let (status, headers, _) = post(&c, router.addr, "/v1/completions", body, &[]).await;
         assert_eq!(status, StatusCode::OK, "request {i} failed");
         assert_ne!(replica_of(&headers), b[1].name);
