@@ -1,30 +1,11 @@
 //! End to end on loopback: simulated engines, a kvmesh router and a
 //! round-robin router, the same workload replayed through each.
 
-use std::net::SocketAddr;
-
-use clap::Parser;
+use kvmesh::bench::demo::start_router;
 use kvmesh::bench::online::{OnlineConfig, replay, reset_caches};
-use kvmesh::proxy::{ProxyHandle, RouterArgs};
 use kvmesh::sim::server::SimArgs;
-use kvmesh::sim::workload::{MODEL, Spec, build};
+use kvmesh::sim::workload::{Spec, build};
 use tokio::net::TcpListener;
-
-async fn router(backends: &[String], policy: &str) -> ProxyHandle {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        args: RouterArgs,
-    }
-    let list = backends.join(",");
-    let cfg = Flags::parse_from(["kvmesh", "--backend", &list, "--policy", policy])
-        .args
-        .validate()
-        .expect("valid");
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    kvmesh::proxy::spawn(cfg, l, a).expect("router")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvmesh_reuses_more_prefill_than_round_robin_on_shared_prefixes() {
@@ -32,21 +13,7 @@ async fn kvmesh_reuses_more_prefill_than_round_robin_on_shared_prefixes() {
     for _ in 0..4 {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
     }
-    let sim = kvmesh::sim::server::spawn(
-        &SimArgs {
-            replicas: 4,
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            speed: 50.0,
-            cache_tokens: 400_000,
-            model: MODEL.into(),
-            fail_rate: 0.0,
-            stall_rate: 0.0,
-            close_rate: 0.0,
-            seed: 1,
-        },
-        listeners,
-    )
-    .expect("engines");
+    let sim = kvmesh::sim::server::spawn(&SimArgs::loopback(4, 50.0), listeners).expect("engines");
     let backends: Vec<String> = sim.addrs.iter().map(|a| format!("http://{a}")).collect();
     let metrics: Vec<String> = sim
         .addrs
@@ -67,7 +34,7 @@ async fn kvmesh_reuses_more_prefill_than_round_robin_on_shared_prefixes() {
     .expect("workload");
     let mut hit = Vec::new();
     for policy in ["kvmesh", "round-robin"] {
-        let r = router(&backends, policy).await;
+        let r = start_router(&backends, policy).await.expect("router");
         reset_caches(&metrics).await;
         let cfg = OnlineConfig {
             target: format!("http://{}", r.addr),

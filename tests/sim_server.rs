@@ -23,17 +23,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 type TestClient = Client<HttpConnector, Full<Bytes>>;
 
 fn settings(replicas: usize) -> SimArgs {
-    SimArgs {
-        replicas,
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        speed: 100.0,
-        cache_tokens: 400_000,
-        model: MODEL.into(),
-        fail_rate: 0.0,
-        stall_rate: 0.0,
-        close_rate: 0.0,
-        seed: 1,
-    }
+    SimArgs::loopback(replicas, 100.0)
 }
 
 async fn start(args: SimArgs) -> SimHandle {

@@ -2,7 +2,6 @@
 //! two routers (kvmesh and round-robin) on loopback, replays the same chat
 //! workload through each from a cold cache, and prints the comparison.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -64,15 +63,8 @@ pub async fn run_demo(args: DemoArgs) -> Result<(OnlineResult, OnlineResult), Be
         listeners.push(TcpListener::bind("127.0.0.1:0").await.map_err(setup)?);
     }
     let sim_args = SimArgs {
-        replicas: args.engines,
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        speed: args.speed,
-        cache_tokens: 400_000,
-        model: crate::sim::workload::MODEL.to_string(),
-        fail_rate: 0.0,
-        stall_rate: 0.0,
-        close_rate: 0.0,
         seed: args.seed,
+        ..SimArgs::loopback(args.engines, args.speed)
     };
     let sim: SimHandle = crate::sim::server::spawn(&sim_args, listeners)
         .map_err(|e| BenchError::Usage(format!("cannot start the engines: {e}")))?;
@@ -82,8 +74,8 @@ pub async fn run_demo(args: DemoArgs) -> Result<(OnlineResult, OnlineResult), Be
         .iter()
         .map(|a| format!("http://{a}/metrics"))
         .collect();
-    let kvmesh = router(&backends, "kvmesh").await?;
-    let rr = router(&backends, "round-robin").await?;
+    let kvmesh = start_router(&backends, "kvmesh").await?;
+    let rr = start_router(&backends, "round-robin").await?;
 
     let mut results = Vec::new();
     for (name, handle) in [("kvmesh", &kvmesh), ("round-robin", &rr)] {
@@ -136,7 +128,8 @@ pub async fn run_demo(args: DemoArgs) -> Result<(OnlineResult, OnlineResult), Be
     }
 }
 
-async fn router(backends: &[String], policy: &str) -> Result<ProxyHandle, BenchError> {
+/// Starts a router with `policy` in front of `backends` on loopback ports.
+pub async fn start_router(backends: &[String], policy: &str) -> Result<ProxyHandle, BenchError> {
     #[derive(Parser)]
     struct Flags {
         #[command(flatten)]

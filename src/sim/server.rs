@@ -64,6 +64,24 @@ pub struct SimArgs {
     pub seed: u64,
 }
 
+impl SimArgs {
+    /// `replicas` fault-free engines on ephemeral loopback ports at `speed`,
+    /// with the defaults of `kvmesh sim` otherwise (demo, tests).
+    pub fn loopback(replicas: usize, speed: f64) -> Self {
+        Self {
+            replicas,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            speed,
+            cache_tokens: 400_000,
+            model: crate::sim::workload::MODEL.to_string(),
+            fail_rate: 0.0,
+            stall_rate: 0.0,
+            close_rate: 0.0,
+            seed: 1,
+        }
+    }
+}
+
 /// Why the simulated engines could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
