@@ -32,6 +32,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Simulated OpenAI-compatible inference engines (prefix cache + latency model) on loopback ports.
     Sim(crate::sim::server::SimArgs),
+    /// Reconciles KvCachePools into node caches, routers and engine wiring (in a cluster).
+    Operator(crate::operator::run::OperatorArgs),
     /// Prints the KvCachePool CustomResourceDefinition as YAML (`kubectl apply -f -`).
     Crd,
 }
@@ -58,6 +60,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Router(args) => runtime.block_on(crate::proxy::run(args))?,
         Command::Bench(args) => runtime.block_on(crate::bench::run_bench(args))?,
         Command::Sim(args) => runtime.block_on(crate::sim::server::run(args))?,
+        Command::Operator(args) => runtime.block_on(crate::operator::run::run(args))?,
         Command::Crd => {}
     }
     Ok(())

@@ -22,7 +22,7 @@ fn help_lists_only_subcommands_that_work() {
         .collect();
     assert_eq!(
         commands,
-        ["demo", "router", "bench", "sim", "crd", "help"],
+        ["demo", "router", "bench", "sim", "operator", "crd", "help"],
         "{text}"
     );
 }

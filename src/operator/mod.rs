@@ -1,5 +1,10 @@
-//! The `KvCachePool` operator: desired-state builders (pure) and, in a later
-//! step, the controller that applies them and writes status.
+//! The `KvCachePool` operator: desired-state builders (pure), status
+//! computation (pure), the controller that applies them, leader election.
 
 pub mod builders;
+pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod quantity;
+pub mod run;
+pub mod status;
