@@ -33,13 +33,15 @@ fn args(identity: &str) -> OperatorArgs {
 struct Running {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    admin: std::net::SocketAddr,
 }
 
 async fn start_operator(api: &ApiDouble, identity: &str) -> Running {
     let (stop, rx) = watch::channel(false);
-    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let task = tokio::spawn(operate(api.client(), args(identity), admin, rx));
-    Running { stop, task }
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = listener.local_addr().expect("addr");
+    let task = tokio::spawn(operate(api.client(), args(identity), listener, rx));
+    Running { stop, task, admin }
 }
 
 impl Running {
@@ -76,6 +78,24 @@ async fn until<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin port");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("answer")
+        .expect("read");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 fn condition(pool: &Value, type_: &str) -> Option<(String, String)> {
