@@ -194,6 +194,16 @@ async fn a_new_pool_gets_its_children_and_a_truthful_status() {
         p["status"]["routerUrl"],
         "http://llama-router.inference.svc.cluster.local:8080"
     );
+    // The admin port reports health and the reconcile metrics.
+    let metrics = admin_get(op.admin, "/metrics").await;
+    for name in [
+        "kvmesh_operator_reconciles_total",
+        "kvmesh_operator_reconcile_duration_seconds_bucket",
+        "kvmesh_operator_leader 1",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in {metrics}");
+    }
+    assert!(admin_get(op.admin, "/healthz").await.contains("ok"));
     op.stop().await;
 }
 
