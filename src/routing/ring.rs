@@ -4,9 +4,11 @@ use consistent_hash::{DefaultHash, Node, StaticHashRing};
 
 use super::index::Slot;
 
-/// Virtual nodes per replica: enough that 2–64 replicas split keys within a few
-/// percent of evenly (see `many_keys_spread_evenly`), few enough to rebuild fast.
-pub const DEFAULT_VNODES: usize = 160;
+/// Virtual nodes per replica. Each replica's share of the ring deviates from
+/// even by about 1/√vnodes (5.6 % here), so 4 replicas stay within 1.25× the
+/// mean except with odds of well under 1 in 1,000; rebuilding 64 replicas'
+/// ring (20k points) takes about a millisecond, off the hot path.
+pub const DEFAULT_VNODES: usize = 320;
 
 /// A consistent-hash ring keyed by replica *name*, so every router instance that
 /// sees the same replica names places the same key on the same replica, with no
@@ -105,7 +107,7 @@ mod tests {
     }
 
     const GOLDEN: [&str; 8] = [
-        "engine-0", "engine-3", "engine-0", "engine-3", "engine-1", "engine-3", "engine-3",
+        "engine-0", "engine-3", "engine-1", "engine-3", "engine-1", "engine-3", "engine-3",
         "engine-3",
     ];
 
