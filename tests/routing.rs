@@ -459,3 +459,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_attempt_that_outlives_its_replica_does_not_touch_the_one_that_took_its_slot() {
+    let now = Instant::now();
+    let mut r = Router::new(RoutingConfig::default());
+    r.set_replicas(&["pod-a"]);
+    let mut old = r
+        .route(
+            &RouteRequest {
+                blocks: &hashes("first"),
+                session: None,
+            },
+            &[],
+            now,
+        )
+        .expect("route");
+    // pod-a leaves while its request streams; pod-b joins and reuses the slot.
+    r.set_replicas(&["pod-b"]);
+    let mut new = r
+        .route(
+            &RouteRequest {
+                blocks: &hashes("second"),
+                session: None,
+            },
+            &[],
+            now,
+        )
+        .expect("route");
+    assert_eq!(new.replica, old.replica, "the slot was reused");
+    r.finish(&mut old);
+    assert_eq!(
+        r.status(now)[0].in_flight,
+        1,
+        "pod-b's request is still in flight"
+    );
+    r.finish(&mut new);
+    r.finish(&mut new);
+    assert_eq!(r.status(now)[0].in_flight, 0, "finishing twice counts once");
+    let mut again = r
+        .route(
+            &RouteRequest {
+                blocks: &hashes("third"),
+                session: None,
+            },
+            &[],
+            now,
+        )
+        .expect("route");
+    assert_eq!(r.status(now)[0].in_flight, 1);
+    r.finish(&mut again);
+}

@@ -49,6 +49,9 @@ pub struct Decision {
     pub total_blocks: u32,
     /// Blocks still to prefill there, counted as queued until first byte.
     pub pending_blocks: u64,
+    /// Which incarnation of the slot: a slot a leaving replica frees can be
+    /// reused, and this attempt's accounting must not land on the newcomer.
+    pub epoch: u64,
 }
 
 /// Why no replica could be chosen.
@@ -74,6 +77,7 @@ pub struct RouteRequest<'a> {
 #[derive(Debug)]
 struct Replica {
     name: String,
+    epoch: u64,
     in_flight: u32,
     pending_blocks: u64,
     failures: u32,
@@ -116,6 +120,8 @@ pub struct Router {
     ring: Ring,
     index: PrefixIndex,
     rr: usize,
+    /// Replicas that ever joined: each join's epoch.
+    joins: u64,
     /// Recent peak of the total in flight, and when it was last updated.
     load_peak: (f64, Option<Instant>),
 }
@@ -132,6 +138,7 @@ impl Router {
             ring,
             index,
             rr: 0,
+            joins: 0,
             load_peak: (0.0, None),
         }
     }
@@ -165,8 +172,10 @@ impl Router {
             if self.by_name.contains_key(name) {
                 continue;
             }
+            self.joins += 1;
             let replica = Replica {
                 name: name.to_string(),
+                epoch: self.joins,
                 in_flight: 0,
                 pending_blocks: 0,
                 failures: 0,
@@ -257,8 +266,9 @@ impl Router {
         }
         let total: u32 = candidates.iter().map(|c| c.1).sum();
         let reference = self.load_reference(f64::from(total), now);
-        let decision = self.pick(req, &candidates, reference);
+        let mut decision = self.pick(req, &candidates, reference);
         let r = self.replica_mut(decision.replica);
+        decision.epoch = r.epoch;
         r.in_flight += 1;
         r.pending_blocks += decision.pending_blocks;
         if !req.blocks.is_empty() {
@@ -270,17 +280,26 @@ impl Router {
     /// The first response byte arrived: the replica finished this prefill.
     pub fn first_byte(&mut self, decision: &mut Decision) {
         let pending = std::mem::take(&mut decision.pending_blocks);
-        if let Some(r) = self.replica_mut_opt(decision.replica) {
+        if let Some(r) = self.attempt_replica(decision) {
             r.pending_blocks = r.pending_blocks.saturating_sub(pending);
         }
     }
 
     /// The attempt ended (response finished, failed, or the client left).
+    /// Counting it twice is harmless: only the first call counts.
     pub fn finish(&mut self, decision: &mut Decision) {
         self.first_byte(decision);
-        if let Some(r) = self.replica_mut_opt(decision.replica) {
+        if let Some(r) = self.attempt_replica(decision) {
             r.in_flight = r.in_flight.saturating_sub(1);
         }
+        // A finished decision refers to nothing any more.
+        decision.epoch = 0;
+    }
+
+    /// The replica an attempt went to, if it is still the same incarnation.
+    fn attempt_replica(&mut self, decision: &Decision) -> Option<&mut Replica> {
+        self.replica_mut_opt(decision.replica)
+            .filter(|r| r.epoch == decision.epoch)
     }
 
     /// The replica answered: its failure streak ends.
@@ -353,6 +372,7 @@ impl Router {
             matched_blocks: matched,
             total_blocks,
             pending_blocks: u64::from(total_blocks - matched.min(total_blocks)),
+            epoch: 0,
         };
         match self.cfg.policy {
             Policy::RoundRobin => {
