@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod crd;
+pub mod discovery;
 pub mod operator;
 pub mod proxy;
 pub mod routing;

@@ -23,9 +23,19 @@ pub struct RouterArgs {
         long = "backend",
         env = "KVMESH_BACKENDS",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "selector"
     )]
     pub backends: Vec<String>,
+    /// Instead of --backend: route to the Ready pods matching this label
+    /// selector (e.g. `app=vllm`), watched in --namespace.
+    #[arg(long, env = "KVMESH_SELECTOR", conflicts_with = "backends")]
+    pub selector: Option<String>,
+    /// Namespace of the pods --selector matches.
+    #[arg(long, env = "KVMESH_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Port the selected pods serve the OpenAI API on.
+    #[arg(long, env = "KVMESH_PORT", default_value_t = 8000)]
+    pub port: u16,
     /// Routing policy: kvmesh (prefix-aware, bounded load), or the baselines
     /// round-robin and least-loaded.
     #[arg(long, env = "KVMESH_POLICY", default_value = "kvmesh", value_parser = ["kvmesh", "round-robin", "least-loaded"])]
@@ -102,10 +112,12 @@ pub struct RouterArgs {
 /// One inference backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
-    /// Replica identity (ring key, metric label).
+    /// Replica identity (ring key, metric label): the URL, or the pod name.
     pub name: String,
     /// Where requests go.
     pub authority: Authority,
+    /// The node it runs on, when known.
+    pub node: Option<String>,
 }
 
 impl Backend {
@@ -136,6 +148,7 @@ impl Backend {
         Ok(Self {
             name: format!("http://{authority}"),
             authority,
+            node: None,
         })
     }
 }
@@ -145,6 +158,8 @@ impl Backend {
 pub struct ProxyConfig {
     pub routing: RoutingConfig,
     pub backends: Vec<Backend>,
+    /// Pods to discover instead of a static list.
+    pub pods: Option<PodSource>,
     pub session_header: HeaderName,
     pub max_body_bytes: usize,
     pub max_connections: usize,
@@ -155,6 +170,14 @@ pub struct ProxyConfig {
     pub retries: usize,
     pub drain_timeout: Duration,
     pub upstream_h2c: bool,
+}
+
+/// Pods that form the replica set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSource {
+    pub namespace: String,
+    pub selector: String,
+    pub port: u16,
 }
 
 /// A setting that cannot work.
@@ -174,6 +197,10 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("--session-header {0:?} is not a valid header name")]
     SessionHeader(String),
+    #[error("--selector must not be empty (it would select every pod in the namespace)")]
+    EmptySelector,
+    #[error("--port must be between 1 and 65535")]
+    Port,
     #[error("unknown policy: {0}")]
     Policy(String),
 }
@@ -214,6 +241,16 @@ impl RouterArgs {
             backends.push(b);
         }
         let policy: Policy = self.policy.parse().map_err(ConfigError::Policy)?;
+        let pods = match &self.selector {
+            Some(sel) if sel.trim().is_empty() => return Err(ConfigError::EmptySelector),
+            Some(_) if self.port == 0 => return Err(ConfigError::Port),
+            Some(sel) => Some(PodSource {
+                namespace: self.namespace.clone(),
+                selector: sel.trim().to_string(),
+                port: self.port,
+            }),
+            None => None,
+        };
         Ok(ProxyConfig {
             routing: RoutingConfig {
                 policy,
@@ -232,6 +269,7 @@ impl RouterArgs {
                 ..RoutingConfig::default()
             },
             backends,
+            pods,
             session_header,
             max_body_bytes: self.max_body_bytes,
             max_connections: self.max_connections,

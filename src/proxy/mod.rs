@@ -48,6 +48,20 @@ impl ProxyHandle {
             .sum()
     }
 
+    /// Names of the current replicas.
+    pub fn replicas(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .shared
+            .core()
+            .router
+            .status(state::now())
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Client connections open on the proxy port.
     pub fn open_connections(&self) -> i64 {
         self.shared.metrics.open_connections.get()
@@ -68,6 +82,22 @@ pub fn spawn(
     listener: TcpListener,
     admin: TcpListener,
 ) -> std::io::Result<ProxyHandle> {
+    spawn_with_client(cfg, listener, admin, None)
+}
+
+/// Like [`spawn`], with the Kubernetes client that pod discovery
+/// (`--selector`) watches pods through.
+pub fn spawn_with_client(
+    cfg: ProxyConfig,
+    listener: TcpListener,
+    admin: TcpListener,
+    kube_client: Option<kube::Client>,
+) -> std::io::Result<ProxyHandle> {
+    if cfg.pods.is_some() && kube_client.is_none() {
+        return Err(std::io::Error::other(
+            "pod discovery needs a Kubernetes client",
+        ));
+    }
     let addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let metrics = metrics::Metrics::default();
@@ -111,12 +141,21 @@ pub fn spawn(
         server::ConnectionGauge::default(),
         signal(stopped),
     ));
+    let mut tasks = vec![proxy, admin];
+    if let (Some(source), Some(client)) = (shared.cfg.pods.clone(), kube_client) {
+        tasks.push(tokio::spawn(crate::discovery::pods::run(
+            client,
+            source,
+            shared.clone(),
+            stop.subscribe(),
+        )));
+    }
     Ok(ProxyHandle {
         addr,
         admin_addr,
         shared,
         stop,
-        tasks: vec![proxy, admin],
+        tasks,
     })
 }
 
@@ -125,6 +164,8 @@ pub fn spawn(
 pub enum RunError {
     #[error("invalid settings: {0}")]
     Config(#[from] ConfigError),
+    #[error("cannot reach the Kubernetes API for pod discovery: {0}")]
+    Kube(#[source] kube::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -145,10 +186,15 @@ pub async fn run(args: RouterArgs) -> Result<(), RunError> {
     let admin = bind(args.admin_listen).await?;
     let backends = cfg.backends.len();
     let policy = cfg.routing.policy.name();
-    let handle = spawn(cfg, listener, admin).map_err(|source| RunError::Bind {
-        addr: args.listen,
-        source,
-    })?;
+    let kube = match &cfg.pods {
+        Some(_) => Some(kube::Client::try_default().await.map_err(RunError::Kube)?),
+        None => None,
+    };
+    let handle =
+        spawn_with_client(cfg, listener, admin, kube).map_err(|source| RunError::Bind {
+            addr: args.listen,
+            source,
+        })?;
     tracing::info!(addr = %handle.addr, admin = %handle.admin_addr, backends, policy, "router listening");
     crate::telemetry::shutdown_signal().await;
     tracing::info!("shutdown requested");

@@ -31,20 +31,35 @@ pub struct Shared {
 impl Shared {
     /// Builds the state for `cfg`'s static backends.
     pub fn new(cfg: ProxyConfig, metrics: Metrics) -> Self {
-        let mut router = Router::new(cfg.routing.clone());
-        let names: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
-        router.set_replicas(&names);
-        let backends = cfg
-            .backends
-            .iter()
-            .filter_map(|b| router.slot_of(&b.name).map(|s| (s, b.clone())))
-            .collect();
-        Self {
-            core: Mutex::new(Core { router, backends }),
+        let core = Core {
+            router: Router::new(cfg.routing.clone()),
+            backends: HashMap::new(),
+        };
+        let shared = Self {
+            core: Mutex::new(core),
             client: client(cfg.connect_timeout, cfg.upstream_h2c),
             metrics,
             cfg,
-        }
+        };
+        shared.set_backends(&shared.cfg.backends);
+        shared
+    }
+
+    /// Makes `backends` the replica set: newcomers join, missing ones leave
+    /// (their in-flight requests finish), the ring is rebuilt only when
+    /// membership changed. Returns true when it changed.
+    pub fn set_backends(&self, backends: &[Backend]) -> bool {
+        let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+        let mut core = self.core();
+        let changed = core.router.set_replicas(&names);
+        let map: HashMap<Slot, Backend> = backends
+            .iter()
+            .filter_map(|b| core.router.slot_of(&b.name).map(|s| (s, b.clone())))
+            .collect();
+        // An address can change without the name changing (a pod restarted).
+        let moved = map != core.backends;
+        core.backends = map;
+        changed || moved
     }
 
     /// Locks the routing state. A panic while holding it cannot leave the

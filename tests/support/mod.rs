@@ -58,7 +58,13 @@ pub struct TestBackend {
 
 impl TestBackend {
     pub async fn start(mode: Mode) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), mode).await
+    }
+
+    /// On a given address (e.g. 127.0.0.2 with another backend's port, as
+    /// pods share a port on different IPs).
+    pub async fn start_on(addr: SocketAddr, mode: Mode) -> TestBackend {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let name = format!("http://{addr}");
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,4 @@
+//! Where replicas come from: a static `--backend` list, or the Ready pods
+//! that a label selector matches, watched live.
+
+pub mod pods;

@@ -1,0 +1,98 @@
+//! Replicas from Kubernetes pods: a watch on the pods a label selector
+//! matches; a replica is a Ready pod with an IP that is not terminating,
+//! named by the pod (ring placement survives IP changes).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use http::uri::Authority;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+
+use crate::proxy::config::{Backend, PodSource};
+use crate::proxy::state::Shared;
+
+/// The replica a pod is, if it can take requests now.
+pub fn endpoint(pod: &Pod, port: u16) -> Option<Backend> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ip = status.pod_ip.as_ref().filter(|ip| !ip.is_empty())?;
+    if !ready {
+        return None;
+    }
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.clone()
+    };
+    let authority: Authority = format!("{host}:{port}").parse().ok()?;
+    Some(Backend {
+        name: pod.name_any(),
+        authority,
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+    })
+}
+
+/// Watches `source`'s pods and keeps `shared`'s replica set equal to the
+/// ready ones, until `stop` turns true. Watch errors back off and retry.
+pub async fn run(
+    client: Client,
+    source: PodSource,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let api: Api<Pod> = Api::namespaced(client, &source.namespace);
+    let config = watcher::Config::default().labels(&source.selector);
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
+    let mut fresh: Option<BTreeMap<String, Pod>> = None;
+    loop {
+        let event = tokio::select! {
+            e = events.next() => e,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Some(event) = event else { break };
+        match event {
+            Err(e) => {
+                tracing::warn!(error = %e, namespace = %source.namespace, selector = %source.selector, "pod watch failed; retrying");
+                continue;
+            }
+            Ok(Event::Init) => fresh = Some(BTreeMap::new()),
+            Ok(Event::InitApply(p)) => {
+                if let Some(f) = fresh.as_mut() {
+                    f.insert(p.name_any(), p);
+                }
+                continue;
+            }
+            Ok(Event::InitDone) => pods = fresh.take().unwrap_or_default(),
+            Ok(Event::Apply(p)) => {
+                pods.insert(p.name_any(), p);
+            }
+            Ok(Event::Delete(p)) => {
+                pods.remove(&p.name_any());
+            }
+        }
+        let backends: Vec<Backend> = pods
+            .values()
+            .filter_map(|p| endpoint(p, source.port))
+            .collect();
+        if shared.set_backends(&backends) {
+            if backends.is_empty() {
+                tracing::warn!(namespace = %source.namespace, selector = %source.selector, "no ready pod matches the selector; not ready");
+            } else {
+                tracing::info!(replicas = backends.len(), "replica set changed");
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The router discovering its replicas from Kubernetes pods (`--selector`),
+//! against the in-process API server double.
+
+mod apidouble;
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use apidouble::ApiDouble;
+use clap::Parser;
+use http::StatusCode;
+use kvmesh::proxy::{ProxyHandle, REPLICA_HEADER, RouterArgs};
+use serde_json::json;
+use support::*;
+use tokio::net::TcpListener;
+
+const NS: &str = "inference";
+
+fn pod(name: &str, ip: &str, app: &str, ready: bool) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": app}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "engine", "image": "vllm"}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
+}
+
+async fn router(api: &ApiDouble, port: u16) -> ProxyHandle {
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: RouterArgs,
+    }
+    let port = port.to_string();
+    let flags = Flags::parse_from([
+        "kvmesh",
+        "--selector",
+        "app=vllm",
+        "--namespace",
+        NS,
+        "--port",
+        &port,
+    ]);
+    let cfg = flags.args.validate().expect("valid");
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    kvmesh::proxy::spawn_with_client(cfg, l, a, Some(api.client())).expect("router")
+}
+
+/// Which replicas answer `n` distinct prompts.
+async fn served_by(addr: std::net::SocketAddr, n: usize) -> HashSet<String> {
+    let c = client();
+    let mut seen = HashSet::new();
+    for i in 0..n {
+        let body = json!({"model": "m", "prompt": format!("request {i}: a question")}).to_string();
+        let (status, headers, _) = post(&c, addr, "/v1/completions", body, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        seen.insert(headers[REPLICA_HEADER].to_str().expect("ascii").to_string());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_selected_pods_are_the_replicas_and_changes_apply_within_a_watch_event() {
+    let api = ApiDouble::start().await;
+    let b0 = TestBackend::start(Mode::Json).await;
+    let port = b0.addr.port();
+    let b1 = TestBackend::start_on(
+        format!("127.0.0.2:{port}").parse().expect("addr"),
+        Mode::Json,
+    )
+    .await;
+    api.put("v1", "pods", pod("vllm-0", "127.0.0.1", "vllm", true));
+    api.put("v1", "pods", pod("vllm-1", "127.0.0.2", "vllm", true));
+    api.put("v1", "pods", pod("other", "127.0.0.3", "other", true));
+    let r = router(&api, port).await;
+    assert!(
+        eventually(Duration::from_secs(10), || r.replicas()
+            == ["vllm-0", "vllm-1"])
+        .await,
+        "{:?}",
+        r.replicas()
+    );
+    assert_eq!(
+        served_by(r.addr, 40).await,
+        HashSet::from(["vllm-0".to_string(), "vllm-1".to_string()])
+    );
+    assert!(b0.count() > 0 && b1.count() > 0);
+
+    // A pod that turns unready gets no new requests.
+    api.set_status(
+        "v1",
+        "pods",
+        NS,
+        "vllm-1",
+        json!({"conditions": [{"type": "Ready", "status": "False"}]}),
+    );
+    assert!(eventually(Duration::from_secs(10), || r.replicas() == ["vllm-0"]).await);
+    let before = b1.count();
+    assert_eq!(
+        served_by(r.addr, 20).await,
+        HashSet::from(["vllm-0".to_string()])
+    );
+    assert_eq!(b1.count(), before);
+
+    // No ready pod: not ready, and requests get 503.
+    assert!(api.delete("v1", "pods", NS, "vllm-0"));
+    assert!(eventually(Duration::from_secs(10), || r.replicas().is_empty()).await);
+    let c = client();
+    let (status, _, _) = post(
+        &c,
+        r.addr,
+        "/v1/completions",
+        r#"{"model":"m","prompt":"x"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (ready, _) = get(&c, &format!("http://{}/readyz", r.admin_addr)).await;
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
+
+    // It comes back.
+    api.put("v1", "pods", pod("vllm-1", "127.0.0.2", "vllm", true));
+    assert!(eventually(Duration::from_secs(10), || r.replicas() == ["vllm-1"]).await);
+    assert_eq!(
+        served_by(r.addr, 5).await,
+        HashSet::from(["vllm-1".to_string()])
+    );
+    r.shutdown().await;
+}
+
+#[test]
+fn selector_and_backends_do_not_mix_and_the_selector_must_select_something() {
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: RouterArgs,
+    }
+    assert!(
+        Flags::try_parse_from(["kvmesh", "--selector", "app=a", "--backend", "http://a:1"])
+            .is_err()
+    );
+    let flags = Flags::try_parse_from(["kvmesh", "--selector", " "]).expect("parses");
+    assert!(
+        flags
+            .args
+            .validate()
+            .expect_err("empty")
+            .to_string()
+            .contains("--selector")
+    );
+    assert!(
+        Flags::try_parse_from(["kvmesh"]).is_err(),
+        "one source is required"
+    );
+}
