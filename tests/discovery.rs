@@ -155,3 +155,92 @@ fn selector_and_backends_do_not_mix_and_the_selector_must_select_something() {
         "one source is required"
     );
 }
+
+fn kvp(selector_app: &str, port: u16, load_factor: f64) -> serde_json::Value {
+    json!({
+        "apiVersion": "kvmesh.io/v1alpha1", "kind": "KvCachePool",
+        "metadata": {"name": "llama", "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": selector_app}},
+            "port": port,
+            "nodeCache": {"memory": "8Gi"},
+            "router": {"loadFactor": load_factor, "sessionHeader": "x-user"},
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_chooses_the_pods_and_its_settings_apply_live() {
+    let api = ApiDouble::start().await;
+    let b0 = TestBackend::start(Mode::Json).await;
+    let port = b0.addr.port();
+    let _b1 = TestBackend::start_on(
+        format!("127.0.0.2:{port}").parse().expect("addr"),
+        Mode::Json,
+    )
+    .await;
+    api.put("v1", "pods", pod("vllm-0", "127.0.0.1", "vllm", true));
+    api.put("v1", "pods", pod("canary-0", "127.0.0.2", "canary", true));
+    api.put("kvmesh.io/v1alpha1", "kvcachepools", kvp("vllm", port, 3.0));
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: RouterArgs,
+    }
+    let cfg = Flags::parse_from(["kvmesh", "--pool", "inference/llama"])
+        .args
+        .validate()
+        .expect("valid");
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let r = kvmesh::proxy::spawn_with_client(cfg, l, a, Some(api.client())).expect("router");
+    assert!(
+        eventually(Duration::from_secs(10), || r.replicas() == ["vllm-0"]).await,
+        "{:?}",
+        r.replicas()
+    );
+    assert_eq!(r.routing().load_factor, 3.0);
+    assert_eq!(
+        served_by(r.addr, 5).await,
+        HashSet::from(["vllm-0".to_string()])
+    );
+
+    // Settings change live, with requests flowing.
+    api.put("kvmesh.io/v1alpha1", "kvcachepools", kvp("vllm", port, 7.0));
+    assert!(eventually(Duration::from_secs(10), || r.routing().load_factor == 7.0).await);
+    assert_eq!(
+        served_by(r.addr, 5).await,
+        HashSet::from(["vllm-0".to_string()])
+    );
+    // The pool's session header pins sessions.
+    let c = client();
+    let mut seen = HashSet::new();
+    for i in 0..5 {
+        let body = json!({"model": "m", "prompt": format!("q {i}")}).to_string();
+        let (_, h, _) = post(&c, r.addr, "/v1/completions", body, &[("x-user", "alice")]).await;
+        assert_eq!(h[kvmesh::proxy::REASON_HEADER], "session");
+        seen.insert(h[REPLICA_HEADER].to_str().expect("ascii").to_string());
+    }
+    assert_eq!(seen.len(), 1);
+
+    // A new selector moves the replica set.
+    api.put(
+        "kvmesh.io/v1alpha1",
+        "kvcachepools",
+        kvp("canary", port, 7.0),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || r.replicas() == ["canary-0"]).await,
+        "{:?}",
+        r.replicas()
+    );
+    assert_eq!(
+        served_by(r.addr, 5).await,
+        HashSet::from(["canary-0".to_string()])
+    );
+
+    // The pool goes away: no replicas, not ready.
+    assert!(api.delete("kvmesh.io/v1alpha1", "kvcachepools", NS, "llama"));
+    assert!(eventually(Duration::from_secs(10), || r.replicas().is_empty()).await);
+    r.shutdown().await;
+}

@@ -2,3 +2,4 @@
 //! that a label selector matches, watched live.
 
 pub mod pods;
+pub mod pool;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use http::uri::Authority;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
@@ -15,6 +16,26 @@ use tokio::sync::watch;
 
 use crate::proxy::config::{Backend, PodSource};
 use crate::proxy::state::Shared;
+
+/// `matchLabels`/`matchExpressions` as a label selector string.
+pub fn selector_string(s: &LabelSelector) -> String {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in s.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
 
 /// The replica a pod is, if it can take requests now.
 pub fn endpoint(pod: &Pod, port: u16) -> Option<Backend> {

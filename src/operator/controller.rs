@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -27,6 +27,7 @@ use super::builders::{BuildSettings, Desired, SpecError, build, node_cache_name,
 use super::metrics::OperatorMetrics;
 use super::status::{Observed, compute};
 use crate::crd::KvCachePool;
+pub use crate::discovery::pods::selector_string;
 
 /// The one field manager every write uses: hand edits to owned fields are
 /// taken back on the next reconcile.
@@ -137,26 +138,6 @@ async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<(), Error> 
     apply(client, ns, &d.router_binding).await?;
     apply(client, ns, &d.router_service).await?;
     apply(client, ns, &d.router).await
-}
-
-/// `matchLabels`/`matchExpressions` as a label selector string.
-pub fn selector_string(s: &LabelSelector) -> String {
-    let mut parts: Vec<String> = s
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in s.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
-        });
-    }
-    parts.join(",")
 }
 
 /// A pod that can take requests: Ready, with an IP, not terminating.

@@ -23,9 +23,13 @@ pub struct RouterArgs {
         long = "backend",
         env = "KVMESH_BACKENDS",
         value_delimiter = ',',
-        required_unless_present = "selector"
+        required_unless_present_any = ["selector", "pool"]
     )]
     pub backends: Vec<String>,
+    /// Instead of --backend: the KvCachePool `namespace/name` whose pods
+    /// are the replicas; its routing settings apply live.
+    #[arg(long, env = "KVMESH_POOL", conflicts_with_all = ["backends", "selector"])]
+    pub pool: Option<String>,
     /// Instead of --backend: route to the Ready pods matching this label
     /// selector (e.g. `app=vllm`), watched in --namespace.
     #[arg(long, env = "KVMESH_SELECTOR", conflicts_with = "backends")]
@@ -160,6 +164,8 @@ pub struct ProxyConfig {
     pub backends: Vec<Backend>,
     /// Pods to discover instead of a static list.
     pub pods: Option<PodSource>,
+    /// A KvCachePool (`namespace`, `name`) to follow instead.
+    pub pool: Option<(String, String)>,
     pub session_header: HeaderName,
     pub max_body_bytes: usize,
     pub max_connections: usize,
@@ -199,6 +205,8 @@ pub enum ConfigError {
     SessionHeader(String),
     #[error("--selector must not be empty (it would select every pod in the namespace)")]
     EmptySelector,
+    #[error("--pool must be namespace/name, got {0:?}")]
+    Pool(String),
     #[error("--port must be between 1 and 65535")]
     Port,
     #[error("unknown policy: {0}")]
@@ -251,6 +259,15 @@ impl RouterArgs {
             }),
             None => None,
         };
+        let pool = match &self.pool {
+            Some(p) => match p.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    Some((ns.to_string(), name.to_string()))
+                }
+                _ => return Err(ConfigError::Pool(p.clone())),
+            },
+            None => None,
+        };
         Ok(ProxyConfig {
             routing: RoutingConfig {
                 policy,
@@ -270,6 +287,7 @@ impl RouterArgs {
             },
             backends,
             pods,
+            pool,
             session_header,
             max_body_bytes: self.max_body_bytes,
             max_connections: self.max_connections,

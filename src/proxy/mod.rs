@@ -48,6 +48,11 @@ impl ProxyHandle {
             .sum()
     }
 
+    /// The routing settings in force (they follow the pool with `--pool`).
+    pub fn routing(&self) -> crate::routing::RoutingConfig {
+        self.shared.routing()
+    }
+
     /// Names of the current replicas.
     pub fn replicas(&self) -> Vec<String> {
         let mut names: Vec<String> = self
@@ -93,7 +98,7 @@ pub fn spawn_with_client(
     admin: TcpListener,
     kube_client: Option<kube::Client>,
 ) -> std::io::Result<ProxyHandle> {
-    if cfg.pods.is_some() && kube_client.is_none() {
+    if (cfg.pods.is_some() || cfg.pool.is_some()) && kube_client.is_none() {
         return Err(std::io::Error::other(
             "pod discovery needs a Kubernetes client",
         ));
@@ -142,13 +147,21 @@ pub fn spawn_with_client(
         signal(stopped),
     ));
     let mut tasks = vec![proxy, admin];
-    if let (Some(source), Some(client)) = (shared.cfg.pods.clone(), kube_client) {
-        tasks.push(tokio::spawn(crate::discovery::pods::run(
-            client,
-            source,
-            shared.clone(),
-            stop.subscribe(),
-        )));
+    match (
+        shared.cfg.pods.clone(),
+        shared.cfg.pool.clone(),
+        kube_client,
+    ) {
+        (Some(source), _, Some(client)) => {
+            let run = crate::discovery::pods::run(client, source, shared.clone(), stop.subscribe());
+            tasks.push(tokio::spawn(run));
+        }
+        (None, Some((ns, name)), Some(client)) => {
+            let run =
+                crate::discovery::pool::run(client, ns, name, shared.clone(), stop.subscribe());
+            tasks.push(tokio::spawn(run));
+        }
+        _ => {}
     }
     Ok(ProxyHandle {
         addr,
@@ -186,9 +199,10 @@ pub async fn run(args: RouterArgs) -> Result<(), RunError> {
     let admin = bind(args.admin_listen).await?;
     let backends = cfg.backends.len();
     let policy = cfg.routing.policy.name();
-    let kube = match &cfg.pods {
-        Some(_) => Some(kube::Client::try_default().await.map_err(RunError::Kube)?),
-        None => None,
+    let kube = if cfg.pods.is_some() || cfg.pool.is_some() {
+        Some(kube::Client::try_default().await.map_err(RunError::Kube)?)
+    } else {
+        None
     };
     let handle =
         spawn_with_client(cfg, listener, admin, kube).map_err(|source| RunError::Bind {

@@ -68,13 +68,17 @@ async fn handle(
         Endpoint::Other
     };
     let route = RouteLabel::from(endpoint);
-    let hasher = shared.cfg.routing.hasher;
+    // Settings can change live (from the pool): read them once per request.
+    let (hasher, session_header) = {
+        let core = shared.core();
+        (core.router.config().hasher, core.session_header.clone())
+    };
     let blocks = canonical_prompt(endpoint, &body, hasher.max_bytes())
         .map(|p| hasher.hash(&p.model, p.bytes))
         .unwrap_or_default();
     let session = parts
         .headers
-        .get(&shared.cfg.session_header)
+        .get(&session_header)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
     let request = RouteRequest {

@@ -8,8 +8,8 @@ use std::time::Instant;
 use super::config::{Backend, ProxyConfig};
 use super::forward::{UpstreamClient, client};
 use super::metrics::Metrics;
-use crate::routing::Router;
 use crate::routing::index::Slot;
+use crate::routing::{Router, RoutingConfig};
 
 /// The routing state and where each replica is. Held only for the few
 /// microseconds a decision takes; never across an await.
@@ -17,6 +17,8 @@ use crate::routing::index::Slot;
 pub struct Core {
     pub router: Router,
     pub backends: HashMap<Slot, Backend>,
+    /// Header that pins a session (live: a pool can change it).
+    pub session_header: http::HeaderName,
 }
 
 /// Everything a request handler needs.
@@ -34,6 +36,7 @@ impl Shared {
         let core = Core {
             router: Router::new(cfg.routing.clone()),
             backends: HashMap::new(),
+            session_header: cfg.session_header.clone(),
         };
         let shared = Self {
             core: Mutex::new(core),
@@ -60,6 +63,19 @@ impl Shared {
         let moved = map != core.backends;
         core.backends = map;
         changed || moved
+    }
+
+    /// Applies new routing settings live: requests in flight keep their
+    /// accounting; a new block size or index capacity starts a fresh index.
+    pub fn apply_settings(&self, routing: RoutingConfig, session_header: http::HeaderName) {
+        let mut core = self.core();
+        core.router.reconfigure(routing);
+        core.session_header = session_header;
+    }
+
+    /// The routing settings in force.
+    pub fn routing(&self) -> RoutingConfig {
+        self.core().router.config().clone()
     }
 
     /// Locks the routing state. A panic while holding it cannot leave the

@@ -148,6 +148,25 @@ impl Router {
         &self.cfg
     }
 
+    /// Replaces the settings, keeping replicas, loads and health. A new block
+    /// size or index capacity makes the index start over (its hashes or
+    /// bounds no longer apply); new virtual nodes rebuild the ring.
+    pub fn reconfigure(&mut self, cfg: RoutingConfig) {
+        if cfg.hasher != self.cfg.hasher
+            || cfg.index_capacity_blocks != self.cfg.index_capacity_blocks
+        {
+            self.index = PrefixIndex::new(cfg.index_capacity_blocks);
+        }
+        let ring_changed = cfg.vnodes != self.cfg.vnodes;
+        self.cfg = cfg;
+        if ring_changed {
+            self.ring = Ring::new(
+                self.by_name.iter().map(|(n, s)| (n.clone(), *s)),
+                self.cfg.vnodes,
+            );
+        }
+    }
+
     /// Sets the replica set by name. New names join, missing names leave
     /// (their index entries are forgotten); the ring is rebuilt only when
     /// membership changed. Returns true when it changed.
