@@ -48,6 +48,22 @@ async fn router(api: &ApiDouble, port: u16) -> ProxyHandle {
     kvmesh::proxy::spawn_with_client(cfg, l, a, Some(api.client())).expect("router")
 }
 
+/// Every call the router made is in its RBAC table (what the chart grants).
+fn every_call_is_granted(api: &ApiDouble) {
+    use kvmesh::discovery::rbac::{ROUTER_RBAC, allows, verb_of};
+    let calls = api.requests();
+    assert!(!calls.is_empty());
+    for call in calls {
+        let (method, path) = call.split_once(' ').expect("METHOD path");
+        if let Some((verb, group, resource)) = verb_of(method, path) {
+            assert!(
+                allows(ROUTER_RBAC, verb, &group, &resource),
+                "{call} needs {verb} on {group}/{resource}"
+            );
+        }
+    }
+}
+
 /// Which replicas answer `n` distinct prompts.
 async fn served_by(addr: std::net::SocketAddr, n: usize) -> HashSet<String> {
     let c = client();
@@ -243,4 +259,5 @@ async fn a_pool_chooses_the_pods_and_its_settings_apply_live() {
     assert!(api.delete("kvmesh.io/v1alpha1", "kvcachepools", NS, "llama"));
     assert!(eventually(Duration::from_secs(10), || r.replicas().is_empty()).await);
     r.shutdown().await;
+    every_call_is_granted(&api);
 }

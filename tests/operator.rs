@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apidouble::ApiDouble;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kvmesh::crd::KvCachePool;
 use kvmesh::operator::run::{OperatorArgs, operate};
 use serde_json::{Value, json};
@@ -126,10 +126,12 @@ const CHILDREN: [(&str, &str, &str); 7] = [
 ];
 
 async fn create_pool(api: &ApiDouble, p: &KvCachePool) {
-    Api::<KvCachePool>::namespaced(api.client(), NS)
-        .create(&PostParams::default(), p)
-        .await
-        .expect("create pool");
+    // Directly, as kubectl would: the API's request log then holds only the operator's calls.
+    api.put(
+        "kvmesh.io/v1alpha1",
+        "kvcachepools",
+        serde_json::to_value(p).expect("json"),
+    );
 }
 
 fn ready_pod(api: &ApiDouble, name: &str) {
@@ -205,6 +207,21 @@ async fn a_new_pool_gets_its_children_and_a_truthful_status() {
     }
     assert!(admin_get(op.admin, "/healthz").await.contains("ok"));
     op.stop().await;
+    // Every call it made is one the chart's ClusterRole grants.
+    for call in api.requests() {
+        let (method, path) = call.split_once(' ').expect("METHOD path");
+        if let Some((verb, group, resource)) = kvmesh::discovery::rbac::verb_of(method, path) {
+            assert!(
+                kvmesh::discovery::rbac::allows(
+                    kvmesh::operator::rbac::OPERATOR_RBAC,
+                    verb,
+                    &group,
+                    &resource
+                ),
+                "{call} needs {verb} on {group}/{resource}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,3 +3,4 @@
 
 pub mod pods;
 pub mod pool;
+pub mod rbac;

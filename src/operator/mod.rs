@@ -6,5 +6,6 @@ pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod quantity;
+pub mod rbac;
 pub mod run;
 pub mod status;
