@@ -97,7 +97,7 @@ mod tests {
             (
                 "PATCH",
                 "/apis/kvmesh.io/v1alpha1/namespaces/a/kvcachepools/x/status",
-                ("patch", "kvmesh.io", "kvcachepools"),
+                ("patch", "kvmesh.io", "kvcachepools/status"),
             ),
             (
                 "POST",
