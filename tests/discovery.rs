@@ -261,3 +261,45 @@ async fn a_pool_chooses_the_pods_and_its_settings_apply_live() {
     r.shutdown().await;
     every_call_is_granted(&api);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inference_pool_chooses_the_pods() {
+    let api = ApiDouble::start().await;
+    let b0 = TestBackend::start(Mode::Json).await;
+    let port = b0.addr.port();
+    api.put("v1", "pods", pod("vllm-0", "127.0.0.1", "vllm", true));
+    api.put("v1", "pods", pod("canary-0", "127.0.0.2", "canary", true));
+    api.put(
+        "inference.networking.k8s.io/v1",
+        "inferencepools",
+        json!({
+            "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+            "metadata": {"name": "llama", "namespace": NS},
+            "spec": {"selector": {"matchLabels": {"app": "vllm"}}, "targetPorts": [{"number": port}],
+                     "endpointPickerRef": {"name": "epp", "port": {"number": 9002}}}
+        }),
+    );
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: RouterArgs,
+    }
+    let cfg = Flags::parse_from(["kvmesh", "--inference-pool", "inference/llama"])
+        .args
+        .validate()
+        .expect("valid");
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let r = kvmesh::proxy::spawn_with_client(cfg, l, a, Some(api.client())).expect("router");
+    assert!(
+        eventually(Duration::from_secs(10), || r.replicas() == ["vllm-0"]).await,
+        "{:?}",
+        r.replicas()
+    );
+    assert_eq!(
+        served_by(r.addr, 5).await,
+        HashSet::from(["vllm-0".to_string()])
+    );
+    r.shutdown().await;
+    every_call_is_granted(&api);
+}

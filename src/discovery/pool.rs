@@ -54,20 +54,37 @@ impl PodWatch {
     }
 }
 
-/// Follows pool `namespace/name` until `stop` turns true: settings apply
-/// live; a new selector or port restarts the pod watch; a missing pool
-/// leaves the router with no replicas (not ready) and says so.
-pub async fn run(
+/// What an object that names a replica set asks for.
+pub struct Wants {
+    /// The pods.
+    pub source: PodSource,
+    /// Routing settings and session header to apply, if it carries any.
+    pub settings: Option<(RoutingConfig, HeaderName)>,
+}
+
+/// Follows the `K` named `namespace/name` until `stop` turns true: its
+/// settings apply live; a new selector or port restarts the pod watch; a
+/// missing object leaves the router with no replicas (not ready) and says so.
+pub async fn follow<K, F>(
     client: Client,
     namespace: String,
     name: String,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) {
-    let api: Api<KvCachePool> = Api::namespaced(client.clone(), &namespace);
+    wants: F,
+) where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    F: Fn(&K) -> Wants,
+{
+    let kind = K::kind(&()).into_owned();
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
-    let base = shared.cfg.routing.clone();
     let mut current: Option<PodWatch> = None;
     let mut seen = false;
     loop {
@@ -76,7 +93,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
         };
         let Some(event) = event else { break };
-        let pool = match event {
+        let object = match event {
             Ok(Event::Apply(p) | Event::InitApply(p)) => Some(p),
             Ok(Event::Delete(_)) => None,
             Ok(Event::Init) => {
@@ -90,24 +107,22 @@ pub async fn run(
                 None
             }
             Err(e) => {
-                tracing::warn!(error = %e, pool = %name, "pool watch failed; retrying");
+                tracing::warn!(error = %e, %kind, %name, "watch failed; retrying");
                 continue;
             }
         };
-        match pool {
-            Some(p) => {
+        match object {
+            Some(o) => {
                 seen = true;
-                let header = HeaderName::from_bytes(
-                    p.spec.router.session_header.to_ascii_lowercase().as_bytes(),
-                )
-                .unwrap_or_else(|_| shared.cfg.session_header.clone());
-                shared.apply_settings(settings(&p, &base), header);
-                let source = pod_source(&p, &namespace);
+                let Wants { source, settings } = wants(&o);
+                if let Some((routing, header)) = settings {
+                    shared.apply_settings(routing, header);
+                }
                 if current.as_ref().map(|w| &w.source) != Some(&source) {
                     if let Some(old) = current.take() {
                         old.end().await;
                     }
-                    tracing::info!(pool = %name, selector = %source.selector, port = source.port, "watching the pool's pods");
+                    tracing::info!(%kind, %name, selector = %source.selector, port = source.port, "watching its pods");
                     let (tx, rx) = watch::channel(false);
                     let task = tokio::spawn(pods::run(
                         client.clone(),
@@ -127,11 +142,34 @@ pub async fn run(
                     old.end().await;
                 }
                 shared.set_backends(&[]);
-                tracing::warn!(pool = %name, namespace = %namespace, "the KvCachePool does not exist; no replicas, not ready");
+                tracing::warn!(%kind, %name, %namespace, "it does not exist; no replicas, not ready");
             }
         }
     }
     if let Some(w) = current.take() {
         w.end().await;
     }
+}
+
+/// Follows KvCachePool `namespace/name` (see [`follow`]).
+pub async fn run(
+    client: Client,
+    namespace: String,
+    name: String,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let base = shared.cfg.routing.clone();
+    let fallback_header = shared.cfg.session_header.clone();
+    let ns = namespace.clone();
+    follow::<KvCachePool, _>(client, namespace, name, shared, stop, move |p| {
+        let header =
+            HeaderName::from_bytes(p.spec.router.session_header.to_ascii_lowercase().as_bytes())
+                .unwrap_or_else(|_| fallback_header.clone());
+        Wants {
+            source: pod_source(p, &ns),
+            settings: Some((settings(p, &base), header)),
+        }
+    })
+    .await;
 }

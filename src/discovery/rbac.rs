@@ -23,6 +23,11 @@ pub const ROUTER_RBAC: &[Permission] = &[
         resource: "kvcachepools",
         verbs: &["list", "watch"],
     },
+    Permission {
+        group: "inference.networking.k8s.io",
+        resource: "inferencepools",
+        verbs: &["list", "watch"],
+    },
 ];
 
 /// The RBAC verb of an API request (`GET` of one object is `get`, of a

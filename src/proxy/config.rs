@@ -23,13 +23,17 @@ pub struct RouterArgs {
         long = "backend",
         env = "KVMESH_BACKENDS",
         value_delimiter = ',',
-        required_unless_present_any = ["selector", "pool"]
+        required_unless_present_any = ["selector", "pool", "inference_pool"]
     )]
     pub backends: Vec<String>,
     /// Instead of --backend: the KvCachePool `namespace/name` whose pods
     /// are the replicas; its routing settings apply live.
     #[arg(long, env = "KVMESH_POOL", conflicts_with_all = ["backends", "selector"])]
     pub pool: Option<String>,
+    /// Instead of --backend: a Gateway API Inference Extension InferencePool
+    /// `namespace/name` (inference.networking.k8s.io/v1) whose pods are the replicas.
+    #[arg(long, env = "KVMESH_INFERENCE_POOL", conflicts_with_all = ["backends", "selector", "pool"])]
+    pub inference_pool: Option<String>,
     /// Instead of --backend: route to the Ready pods matching this label
     /// selector (e.g. `app=vllm`), watched in --namespace.
     #[arg(long, env = "KVMESH_SELECTOR", conflicts_with = "backends")]
@@ -166,6 +170,8 @@ pub struct ProxyConfig {
     pub pods: Option<PodSource>,
     /// A KvCachePool (`namespace`, `name`) to follow instead.
     pub pool: Option<(String, String)>,
+    /// An InferencePool (`namespace`, `name`) to follow instead.
+    pub inference_pool: Option<(String, String)>,
     pub session_header: HeaderName,
     pub max_body_bytes: usize,
     pub max_connections: usize,
@@ -205,12 +211,19 @@ pub enum ConfigError {
     SessionHeader(String),
     #[error("--selector must not be empty (it would select every pod in the namespace)")]
     EmptySelector,
-    #[error("--pool must be namespace/name, got {0:?}")]
+    #[error("--pool and --inference-pool take namespace/name, got {0:?}")]
     Pool(String),
     #[error("--port must be between 1 and 65535")]
     Port,
     #[error("unknown policy: {0}")]
     Policy(String),
+}
+
+impl ProxyConfig {
+    /// True when replicas come from Kubernetes (a client is needed).
+    pub fn discovers(&self) -> bool {
+        self.pods.is_some() || self.pool.is_some() || self.inference_pool.is_some()
+    }
 }
 
 impl RouterArgs {
@@ -259,15 +272,21 @@ impl RouterArgs {
             }),
             None => None,
         };
-        let pool = match &self.pool {
-            Some(p) => match p.split_once('/') {
-                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                    Some((ns.to_string(), name.to_string()))
-                }
-                _ => return Err(ConfigError::Pool(p.clone())),
-            },
-            None => None,
+        let ns_name = |v: &Option<String>| -> Result<Option<(String, String)>, ConfigError> {
+            match v {
+                Some(p) => match p.split_once('/') {
+                    Some((ns, name))
+                        if !ns.is_empty() && !name.is_empty() && !name.contains('/') =>
+                    {
+                        Ok(Some((ns.to_string(), name.to_string())))
+                    }
+                    _ => Err(ConfigError::Pool(p.clone())),
+                },
+                None => Ok(None),
+            }
         };
+        let pool = ns_name(&self.pool)?;
+        let inference_pool = ns_name(&self.inference_pool)?;
         Ok(ProxyConfig {
             routing: RoutingConfig {
                 policy,
@@ -288,6 +307,7 @@ impl RouterArgs {
             backends,
             pods,
             pool,
+            inference_pool,
             session_header,
             max_body_bytes: self.max_body_bytes,
             max_connections: self.max_connections,

@@ -98,7 +98,7 @@ pub fn spawn_with_client(
     admin: TcpListener,
     kube_client: Option<kube::Client>,
 ) -> std::io::Result<ProxyHandle> {
-    if (cfg.pods.is_some() || cfg.pool.is_some()) && kube_client.is_none() {
+    if cfg.discovers() && kube_client.is_none() {
         return Err(std::io::Error::other(
             "pod discovery needs a Kubernetes client",
         ));
@@ -147,21 +147,35 @@ pub fn spawn_with_client(
         signal(stopped),
     ));
     let mut tasks = vec![proxy, admin];
-    match (
-        shared.cfg.pods.clone(),
-        shared.cfg.pool.clone(),
-        kube_client,
-    ) {
-        (Some(source), _, Some(client)) => {
-            let run = crate::discovery::pods::run(client, source, shared.clone(), stop.subscribe());
-            tasks.push(tokio::spawn(run));
-        }
-        (None, Some((ns, name)), Some(client)) => {
-            let run =
-                crate::discovery::pool::run(client, ns, name, shared.clone(), stop.subscribe());
-            tasks.push(tokio::spawn(run));
-        }
-        _ => {}
+    if let Some(client) = kube_client {
+        let (cfg, stop_rx) = (&shared.cfg, stop.subscribe());
+        let task = if let Some(source) = cfg.pods.clone() {
+            tokio::spawn(crate::discovery::pods::run(
+                client,
+                source,
+                shared.clone(),
+                stop_rx,
+            ))
+        } else if let Some((ns, name)) = cfg.pool.clone() {
+            tokio::spawn(crate::discovery::pool::run(
+                client,
+                ns,
+                name,
+                shared.clone(),
+                stop_rx,
+            ))
+        } else if let Some((ns, name)) = cfg.inference_pool.clone() {
+            tokio::spawn(crate::discovery::inference_pool::run(
+                client,
+                ns,
+                name,
+                shared.clone(),
+                stop_rx,
+            ))
+        } else {
+            tokio::spawn(async {})
+        };
+        tasks.push(task);
     }
     Ok(ProxyHandle {
         addr,
@@ -199,7 +213,7 @@ pub async fn run(args: RouterArgs) -> Result<(), RunError> {
     let admin = bind(args.admin_listen).await?;
     let backends = cfg.backends.len();
     let policy = cfg.routing.policy.name();
-    let kube = if cfg.pods.is_some() || cfg.pool.is_some() {
+    let kube = if cfg.discovers() {
         Some(kube::Client::try_default().await.map_err(RunError::Kube)?)
     } else {
         None
