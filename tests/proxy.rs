@@ -457,6 +457,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
         "kvmesh_router_upstream_ttfb_seconds_bucket",
         "kvmesh_router_in_flight{replica=",
         "kvmesh_router_replica_healthy{replica=",
+        "kvmesh_router_open_connections ",
     ] {
         assert!(m.contains(name), "missing {name} in\n{m}");
     }
@@ -594,5 +595,46 @@ async fn past_max_connections_new_clients_wait_for_a_free_slot() {
         .expect("served after a slot freed")
         .expect("task");
     assert_eq!(status, StatusCode::OK);
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_reporting_no_cached_tokens_loses_its_stale_index_entries() {
+    let b = backends(
+        1,
+        Mode::Fixed(
+            200,
+            r#"{"usage":{"prompt_tokens":300,"prompt_tokens_details":{"cached_tokens":0}}}"#,
+        ),
+    )
+    .await;
+    let router = router(&refs(&b), &[]).await;
+    let c = client();
+    let body = chat(
+        "m",
+        &[
+            ("system", &SYSTEM.repeat(6)),
+            ("user", "Same question every time"),
+        ],
+    );
+    let blocks = |h: &http::HeaderMap| h[PREFIX_BLOCKS_HEADER].to_str().expect("ascii").to_string();
+    let (_, h1, _) = post(&c, router.addr, "/v1/chat/completions", body.clone(), &[]).await;
+    assert!(blocks(&h1).starts_with("0/"));
+    // The index predicts a full hit; the engine says it had nothing cached.
+    let (_, h2, _) = post(&c, router.addr, "/v1/chat/completions", body.clone(), &[]).await;
+    let (m, t) = blocks(&h2)
+        .split_once('/')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .expect("m/t");
+    assert_eq!(m, t, "predicted a full hit");
+    // So the next prediction starts from scratch, and the metric says why.
+    let (_, h3, _) = post(&c, router.addr, "/v1/chat/completions", body, &[]).await;
+    assert!(blocks(&h3).starts_with("0/"), "{}", blocks(&h3));
+    let (_, metrics) = get(&c, &format!("http://{}/metrics", router.admin_addr)).await;
+    let line = format!(
+        "kvmesh_router_prefix_mispredictions_total{{replica=\"{}\"}} 1",
+        b[0].name
+    );
+    assert!(metrics.contains(&line), "{metrics}");
     router.shutdown().await;
 }

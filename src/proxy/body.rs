@@ -11,9 +11,10 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
+use super::feedback::CachedTokens;
 use super::metrics::Metrics;
 use super::state::Shared;
-use crate::routing::Decision;
+use crate::routing::{Decision, PromptBlocks};
 
 /// The body type the proxy answers with: relayed streams and its own errors.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -64,6 +65,24 @@ impl InFlight {
         &self.replica
     }
 
+    /// The engine reported how much of the prompt it had cached: correct the
+    /// index if it predicted far more, and count the misprediction.
+    fn feedback(&self, prompt: &PromptBlocks, cached_tokens: u64) {
+        let wrong =
+            self.shared
+                .core()
+                .router
+                .engine_feedback(&self.decision, prompt, cached_tokens);
+        if wrong {
+            self.shared
+                .metrics
+                .mispredictions
+                .get_or_create(&Metrics::replica(&self.replica))
+                .inc();
+            tracing::debug!(replica = %self.replica, predicted_blocks = self.decision.matched_blocks, cached_tokens, "prefix misprediction corrected");
+        }
+    }
+
     /// Marks the first response body byte: the prefill is done.
     fn on_first_byte(&mut self) {
         if std::mem::replace(&mut self.first_byte, true) {
@@ -89,15 +108,32 @@ impl Drop for InFlight {
 pub struct Relay {
     inner: Incoming,
     guard: Option<InFlight>,
+    /// Watches for the engine's `cached_tokens` when the router predicted a hit.
+    feedback: Option<(CachedTokens, Arc<PromptBlocks>)>,
 }
 
 impl Relay {
-    /// Relays `inner`; the attempt ends when it ends or is dropped.
-    pub fn new(inner: Incoming, guard: InFlight) -> Self {
+    /// Relays `inner`; the attempt ends when it ends or is dropped. With
+    /// `prompt`, the engine's reported `cached_tokens` corrects the index.
+    pub fn new(inner: Incoming, guard: InFlight, prompt: Option<Arc<PromptBlocks>>) -> Self {
+        let feedback = prompt
+            .filter(|_| guard.decision().matched_blocks >= 4)
+            .map(|p| (CachedTokens::default(), p));
         Self {
             inner,
             guard: Some(guard),
+            feedback,
         }
+    }
+
+    /// The stream is over: report feedback, then end the attempt.
+    fn end(&mut self) {
+        if let (Some(g), Some((scan, prompt))) = (self.guard.as_ref(), self.feedback.take())
+            && let Some(cached) = scan.found()
+        {
+            g.feedback(&prompt, cached);
+        }
+        self.guard = None;
     }
 }
 
@@ -113,19 +149,24 @@ impl Body for Relay {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if frame.is_data()
-                    && let Some(g) = this.guard.as_mut()
-                {
-                    g.on_first_byte();
+                if let Some(data) = frame.data_ref() {
+                    if let Some(g) = this.guard.as_mut() {
+                        g.on_first_byte();
+                    }
+                    if let Some((scan, _)) = this.feedback.as_mut() {
+                        scan.feed(data);
+                    }
                 }
                 // The last frame ends the attempt now, not when the server
                 // gets round to dropping the body: the client may already be
                 // sending its next turn.
                 if this.inner.is_end_stream() {
-                    this.guard = None;
+                    this.end();
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(None) => this.end(),
+            Poll::Ready(Some(Err(_))) => {
+                this.feedback = None;
                 this.guard = None;
             }
             Poll::Pending => {}

@@ -86,6 +86,7 @@ pub struct Metrics {
     pub ejections: Family<ReplicaLabels, Counter>,
     pub healthy: Family<ReplicaLabels, Gauge>,
     pub open_connections: Gauge,
+    pub mispredictions: Family<ReplicaLabels, Counter>,
 }
 
 /// Time to first byte spans a cached short prompt (milliseconds) to a long
@@ -111,6 +112,7 @@ impl Default for Metrics {
             ejections: Family::default(),
             healthy: Family::default(),
             open_connections: Gauge::default(),
+            mispredictions: Family::default(),
         }
     }
 }
@@ -158,6 +160,16 @@ impl Metrics {
             "replica_healthy",
             "1 if the replica is not ejected",
             self.healthy.clone(),
+        );
+        r.register(
+            "open_connections",
+            "Client connections open on the proxy port",
+            self.open_connections.clone(),
+        );
+        r.register(
+            "prefix_mispredictions",
+            "Responses whose engine reported far fewer cached tokens than the index predicted (the index was corrected)",
+            self.mispredictions.clone(),
         );
     }
 

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod feedback;
 pub mod forward;
 pub mod limit;
 pub mod metrics;

@@ -73,9 +73,11 @@ async fn handle(
         let core = shared.core();
         (core.router.config().hasher, core.session_header.clone())
     };
-    let blocks = canonical_prompt(endpoint, &body, hasher.max_bytes())
-        .map(|p| hasher.hash(&p.model, p.bytes))
-        .unwrap_or_default();
+    let blocks = Arc::new(
+        canonical_prompt(endpoint, &body, hasher.max_bytes())
+            .map(|p| hasher.hash(&p.model, p.bytes))
+            .unwrap_or_default(),
+    );
     let session = parts
         .headers
         .get(&session_header)
@@ -197,7 +199,10 @@ async fn handle(
                         replica: backend.name.clone(),
                     })
                     .inc();
-                return Response::from_parts(head, boxed(Relay::new(incoming, guard)));
+                return Response::from_parts(
+                    head,
+                    boxed(Relay::new(incoming, guard, Some(blocks.clone()))),
+                );
             }
         }
     }

@@ -355,6 +355,32 @@ impl Router {
         false
     }
 
+    /// The engine that served `decision` reported `cached_tokens` of the
+    /// prompt cached. When the index predicted far more (over twice as many
+    /// blocks, and at least 4), it forgets that replica's blocks beyond what
+    /// the engine holds and returns true (a misprediction). Tokens become
+    /// blocks at ~4 canonical bytes per token.
+    pub fn engine_feedback(
+        &mut self,
+        decision: &Decision,
+        prompt: &PromptBlocks,
+        cached_tokens: u64,
+    ) -> bool {
+        const BYTES_PER_TOKEN: u64 = 4;
+        let predicted = decision.matched_blocks as usize;
+        let block = self.cfg.hasher.block_bytes.max(1) as u64;
+        let reported = usize::try_from(cached_tokens.saturating_mul(BYTES_PER_TOKEN) / block)
+            .unwrap_or(usize::MAX);
+        let same = self
+            .replica(decision.replica)
+            .is_some_and(|r| r.epoch == decision.epoch);
+        if !same || predicted < 4 || reported.saturating_mul(2) >= predicted {
+            return false;
+        }
+        self.index.truncate(decision.replica, prompt, reported);
+        true
+    }
+
     /// Forgets `slot`'s blocks of `prompt` beyond the first `keep` (engine
     /// feedback said it holds fewer). Returns the number dropped.
     pub fn correct_prefix(&mut self, slot: Slot, prompt: &PromptBlocks, keep: usize) -> usize {
