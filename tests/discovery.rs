@@ -26,26 +26,30 @@ fn pod(name: &str, ip: &str, app: &str, ready: bool) -> serde_json::Value {
     })
 }
 
-async fn router(api: &ApiDouble, port: u16) -> ProxyHandle {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        args: RouterArgs,
-    }
-    let port = port.to_string();
-    let flags = Flags::parse_from([
-        "kvmesh",
-        "--selector",
-        "app=vllm",
-        "--namespace",
-        NS,
-        "--port",
-        &port,
-    ]);
-    let cfg = flags.args.validate().expect("valid");
+/// The router's flags, as parsed from a command line.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    args: RouterArgs,
+}
+
+/// A router started with `flags` (a source flag), discovering through `api`.
+async fn router_with(api: &ApiDouble, flags: &[&str]) -> ProxyHandle {
+    let mut argv = vec!["kvmesh"];
+    argv.extend_from_slice(flags);
+    let cfg = Flags::parse_from(argv).args.validate().expect("valid");
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     kvmesh::proxy::spawn_with_client(cfg, l, a, Some(api.client())).expect("router")
+}
+
+async fn router(api: &ApiDouble, port: u16) -> ProxyHandle {
+    let port = port.to_string();
+    router_with(
+        api,
+        &["--selector", "app=vllm", "--namespace", NS, "--port", &port],
+    )
+    .await
 }
 
 /// Every call the router made is in its RBAC table (what the chart grants).
@@ -148,11 +152,6 @@ async fn ready_selected_pods_are_the_replicas_and_changes_apply_within_a_watch_e
 
 #[test]
 fn selector_and_backends_do_not_mix_and_the_selector_must_select_something() {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        args: RouterArgs,
-    }
     assert!(
         Flags::try_parse_from(["kvmesh", "--selector", "app=a", "--backend", "http://a:1"])
             .is_err()
@@ -198,18 +197,7 @@ async fn a_pool_chooses_the_pods_and_its_settings_apply_live() {
     api.put("v1", "pods", pod("vllm-0", "127.0.0.1", "vllm", true));
     api.put("v1", "pods", pod("canary-0", "127.0.0.2", "canary", true));
     api.put("kvmesh.io/v1alpha1", "kvcachepools", kvp("vllm", port, 3.0));
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        args: RouterArgs,
-    }
-    let cfg = Flags::parse_from(["kvmesh", "--pool", "inference/llama"])
-        .args
-        .validate()
-        .expect("valid");
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let r = kvmesh::proxy::spawn_with_client(cfg, l, a, Some(api.client())).expect("router");
+    let r = router_with(&api, &["--pool", "inference/llama"]).await;
     assert!(
         eventually(Duration::from_secs(10), || r.replicas() == ["vllm-0"]).await,
         "{:?}",
@@ -279,18 +267,7 @@ async fn an_inference_pool_chooses_the_pods() {
                      "endpointPickerRef": {"name": "epp", "port": {"number": 9002}}}
         }),
     );
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        args: RouterArgs,
-    }
-    let cfg = Flags::parse_from(["kvmesh", "--inference-pool", "inference/llama"])
-        .args
-        .validate()
-        .expect("valid");
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let r = kvmesh::proxy::spawn_with_client(cfg, l, a, Some(api.client())).expect("router");
+    let r = router_with(&api, &["--inference-pool", "inference/llama"]).await;
     assert!(
         eventually(Duration::from_secs(10), || r.replicas() == ["vllm-0"]).await,
         "{:?}",

@@ -10,6 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::pods::selector_string;
 use super::pool::{Wants, follow};
 use crate::proxy::config::PodSource;
 use crate::proxy::state::Shared;
@@ -47,14 +50,10 @@ pub struct TargetPort {
 
 /// The pods an InferencePool selects (port 8000 if it names none).
 pub fn pod_source(pool: &InferencePool, namespace: &str) -> PodSource {
-    let selector = pool
-        .spec
-        .selector
-        .match_labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = selector_string(&LabelSelector {
+        match_labels: Some(pool.spec.selector.match_labels.clone()),
+        ..LabelSelector::default()
+    });
     let port = pool
         .spec
         .target_ports

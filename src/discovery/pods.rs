@@ -37,21 +37,25 @@ pub fn selector_string(s: &LabelSelector) -> String {
     parts.join(",")
 }
 
+/// A pod that can take requests: Ready, with an IP, not terminating. The
+/// router's replicas and the operator's endpoint count both use this.
+pub fn pod_serves(p: &Pod) -> bool {
+    let status = p.status.as_ref();
+    p.metadata.deletion_timestamp.is_none()
+        && status
+            .and_then(|s| s.pod_ip.as_ref())
+            .is_some_and(|ip| !ip.is_empty())
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// The replica a pod is, if it can take requests now.
 pub fn endpoint(pod: &Pod, port: u16) -> Option<Backend> {
-    if pod.metadata.deletion_timestamp.is_some() {
+    if !pod_serves(pod) {
         return None;
     }
-    let status = pod.status.as_ref()?;
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    let ip = status.pod_ip.as_ref().filter(|ip| !ip.is_empty())?;
-    if !ready {
-        return None;
-    }
+    let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
     let host = if ip.contains(':') {
         format!("[{ip}]")
     } else {

@@ -27,7 +27,7 @@ use super::builders::{BuildSettings, Desired, SpecError, build, node_cache_name,
 use super::metrics::OperatorMetrics;
 use super::status::{Observed, compute};
 use crate::crd::KvCachePool;
-pub use crate::discovery::pods::selector_string;
+pub use crate::discovery::pods::{pod_serves, selector_string};
 
 /// The one field manager every write uses: hand edits to owned fields are
 /// taken back on the next reconcile.
@@ -138,16 +138,6 @@ async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<(), Error> 
     apply(client, ns, &d.router_binding).await?;
     apply(client, ns, &d.router_service).await?;
     apply(client, ns, &d.router).await
-}
-
-/// A pod that can take requests: Ready, with an IP, not terminating.
-pub fn pod_serves(p: &Pod) -> bool {
-    let status = p.status.as_ref();
-    p.metadata.deletion_timestamp.is_none()
-        && status.and_then(|s| s.pod_ip.as_ref()).is_some()
-        && status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 async fn observe(client: &Client, pool: &KvCachePool, ns: &str) -> Result<Observed, Error> {

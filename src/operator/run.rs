@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
@@ -20,7 +18,8 @@ use super::builders::BuildSettings;
 use super::controller::{Context, run_controller};
 use super::leader::Elector;
 use super::metrics::OperatorMetrics;
-use crate::proxy::body::{ProxyBody, boxed};
+use crate::proxy::admin;
+use crate::proxy::body::ProxyBody;
 use crate::proxy::server::{ConnectionGauge, ServerSettings, serve};
 
 /// Flags of `kvmesh operator`.
@@ -158,21 +157,9 @@ async fn admin_answer(
     registry: Arc<Registry>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let (status, body) = match req.uri().path() {
-        "/healthz" | "/readyz" => (StatusCode::OK, "ok\n".to_string()),
-        "/metrics" => {
-            let mut out = String::new();
-            match prometheus_client::encoding::text::encode(&mut out, &registry) {
-                Ok(()) => (StatusCode::OK, out),
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("encoding metrics failed: {e}\n"),
-                ),
-            }
-        }
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
-    };
-    let mut resp = Response::new(boxed(Full::new(Bytes::from(body))));
-    *resp.status_mut() = status;
-    Ok(resp)
+    Ok(match req.uri().path() {
+        "/healthz" | "/readyz" => admin::text(StatusCode::OK, "ok\n"),
+        "/metrics" => admin::metrics(&registry),
+        _ => admin::not_found(),
+    })
 }

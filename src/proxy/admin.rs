@@ -18,46 +18,50 @@ pub async fn handle(
     registry: Arc<Registry>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let (status, ctype, body) = match req.uri().path() {
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" => {
-            if shared.ready() {
-                (StatusCode::OK, "text/plain", "ready\n".to_string())
-            } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "no healthy replica\n".to_string(),
-                )
-            }
-        }
+    Ok(match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if shared.ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "no healthy replica\n"),
         "/metrics" => {
             shared.refresh_gauges();
-            let mut out = String::new();
-            match prometheus_client::encoding::text::encode(&mut out, &registry) {
-                Ok(()) => (
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    out,
-                ),
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("encoding metrics failed: {e}\n"),
-                ),
-            }
+            metrics(&registry)
         }
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_string(),
+        _ => not_found(),
+    })
+}
+
+/// A plain-text answer.
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response<ProxyBody> {
+    answer(status, "text/plain", body.into())
+}
+
+/// 404 for admin paths that do not exist.
+pub fn not_found() -> Response<ProxyBody> {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// `registry` in the OpenMetrics text format (shared by every admin port).
+pub fn metrics(registry: &Registry) -> Response<ProxyBody> {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, registry) {
+        Ok(()) => answer(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            out,
         ),
-    };
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {e}\n"),
+        ),
+    }
+}
+
+fn answer(status: StatusCode, ctype: &'static str, body: String) -> Response<ProxyBody> {
     let mut resp = Response::new(boxed(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(ctype),
     );
-    Ok(resp)
+    resp
 }
