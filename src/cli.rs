@@ -34,6 +34,8 @@ pub enum Command {
     Sim(crate::sim::server::SimArgs),
     /// Reconciles KvCachePools into node caches, routers and engine wiring (in a cluster).
     Operator(crate::operator::run::OperatorArgs),
+    /// Node-local KV block store (RAM, then disk) speaking LMCache's lm:// and the Redis protocol.
+    NodeCache(crate::node_cache::NodeCacheArgs),
     /// Prints the KvCachePool CustomResourceDefinition as YAML (`kubectl apply -f -`).
     Crd,
 }
@@ -61,6 +63,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench(args) => runtime.block_on(crate::bench::run_bench(args))?,
         Command::Sim(args) => runtime.block_on(crate::sim::server::run(args))?,
         Command::Operator(args) => runtime.block_on(crate::operator::run::run(args))?,
+        Command::NodeCache(args) => runtime.block_on(crate::node_cache::run(args))?,
         Command::Crd => {}
     }
     Ok(())

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod crd;
 pub mod discovery;
+pub mod node_cache;
 pub mod operator;
 pub mod proxy;
 pub mod routing;

@@ -22,7 +22,16 @@ fn help_lists_only_subcommands_that_work() {
         .collect();
     assert_eq!(
         commands,
-        ["demo", "router", "bench", "sim", "operator", "crd", "help"],
+        [
+            "demo",
+            "router",
+            "bench",
+            "sim",
+            "operator",
+            "node-cache",
+            "crd",
+            "help"
+        ],
         "{text}"
     );
 }

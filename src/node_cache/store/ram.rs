@@ -1,0 +1,218 @@
+//! The RAM tier: an LRU map under a hard byte bound (keys, values and a
+//! fixed per-entry allowance for bookkeeping all count).
+//!
+//! Why `lru` behind one mutex rather than moka or quick_cache: moka applies
+//! its weight bound eventually (inserts are buffered), so memory can pass
+//! the bound under a write storm; quick_cache splits the bound across shards,
+//! so one multi-MiB KV chunk can be larger than a shard and be refused.
+//! Every operation here is O(1) and never does I/O while holding the lock.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use lru::LruCache;
+
+use super::Entry;
+
+/// Bytes charged per entry on top of key and value: the map slot, the LRU
+/// links, the `Bytes` handles and the allocator's rounding.
+pub const ENTRY_OVERHEAD: u64 = 192;
+
+/// What one entry costs against the bound.
+pub fn weight(key: &[u8], entry: &Entry) -> u64 {
+    key.len() as u64 + entry.data.len() as u64 + ENTRY_OVERHEAD
+}
+
+/// The RAM tier.
+#[derive(Debug)]
+pub struct RamTier {
+    capacity: u64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    map: LruCache<Bytes, Entry>,
+    used: u64,
+}
+
+/// The entry is larger than the whole tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge;
+
+impl RamTier {
+    /// An empty tier holding at most `capacity` bytes.
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            capacity,
+            inner: Mutex::new(Inner {
+                map: LruCache::unbounded(),
+                used: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the map consistent (no
+        // operation here panics half-way), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The byte bound.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The live entry under `key`, marked most recently used. An expired
+    /// entry is dropped and reported as absent.
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<Entry> {
+        let mut inner = self.lock();
+        let expired = match inner.map.get(key) {
+            None => return None,
+            Some(e) if !e.expired(now_ms) => return Some(e.clone()),
+            Some(_) => true,
+        };
+        if expired {
+            inner.remove(key);
+        }
+        None
+    }
+
+    /// Whether a live entry is held under `key` (recency untouched).
+    pub fn contains(&self, key: &[u8], now_ms: u64) -> bool {
+        self.lock()
+            .map
+            .peek(key)
+            .is_some_and(|e| !e.expired(now_ms))
+    }
+
+    /// Stores `entry`, first evicting least recently used entries into
+    /// `evicted` until it fits: the bound holds at every instant.
+    pub fn insert(
+        &self,
+        key: Bytes,
+        entry: Entry,
+        evicted: &mut Vec<(Bytes, Entry)>,
+    ) -> Result<(), TooLarge> {
+        let w = weight(&key, &entry);
+        if w > self.capacity {
+            self.remove(&key);
+            return Err(TooLarge);
+        }
+        let mut inner = self.lock();
+        inner.remove(&key);
+        while inner.used + w > self.capacity {
+            match inner.map.pop_lru() {
+                Some((k, e)) => {
+                    inner.used -= weight(&k, &e);
+                    evicted.push((k, e));
+                }
+                None => break,
+            }
+        }
+        inner.used += w;
+        inner.map.put(key, entry);
+        Ok(())
+    }
+
+    /// Removes `key`; returns the entry if it was live.
+    pub fn remove(&self, key: &[u8]) -> Option<Entry> {
+        self.lock().remove(key)
+    }
+
+    /// Drops everything.
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.map.clear();
+        inner.used = 0;
+    }
+
+    /// Takes every entry out, least recently used first (for a shutdown spill).
+    pub fn drain(&self) -> Vec<(Bytes, Entry)> {
+        let mut inner = self.lock();
+        let mut out = Vec::with_capacity(inner.map.len());
+        while let Some(kv) = inner.map.pop_lru() {
+            out.push(kv);
+        }
+        inner.used = 0;
+        out
+    }
+
+    /// Bytes charged and entries held.
+    pub fn usage(&self) -> (u64, usize) {
+        let inner = self.lock();
+        (inner.used, inner.map.len())
+    }
+
+    /// Calls `f` with every key (under the lock: keep `f` cheap).
+    pub fn for_each_key(&self, mut f: impl FnMut(&[u8])) {
+        for (k, _) in self.lock().map.iter() {
+            f(k);
+        }
+    }
+}
+
+impl Inner {
+    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let (k, e) = self.map.pop_entry(key)?;
+        self.used -= weight(&k, &e);
+        Some(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node_cache::store::LmMeta;
+
+    fn entry(n: usize) -> Entry {
+        Entry::new(Bytes::from(vec![7u8; n]), LmMeta::default(), 0)
+    }
+
+    #[test]
+    fn the_byte_bound_holds_and_the_least_recently_used_goes_first() {
+        let ram = RamTier::new(3 * (100 + 1 + ENTRY_OVERHEAD));
+        let mut evicted = Vec::new();
+        for k in ["a", "b", "c"] {
+            ram.insert(Bytes::from(k), entry(100), &mut evicted)
+                .unwrap();
+        }
+        assert!(evicted.is_empty());
+        assert!(ram.get(b"a", 0).is_some()); // a is now the most recent
+        ram.insert(Bytes::from("d"), entry(100), &mut evicted)
+            .unwrap();
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(&evicted[0].0[..], b"b");
+        let (used, n) = ram.usage();
+        assert!(used <= ram.capacity());
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_tier_is_refused_and_replacing_recounts() {
+        let ram = RamTier::new(1000);
+        let mut evicted = Vec::new();
+        assert_eq!(
+            ram.insert(Bytes::from("big"), entry(1000), &mut evicted),
+            Err(TooLarge)
+        );
+        ram.insert(Bytes::from("k"), entry(10), &mut evicted)
+            .unwrap();
+        ram.insert(Bytes::from("k"), entry(20), &mut evicted)
+            .unwrap();
+        assert_eq!(ram.usage(), (1 + 20 + ENTRY_OVERHEAD, 1));
+        assert!(ram.remove(b"k").is_some());
+        assert_eq!(ram.usage(), (0, 0));
+    }
+
+    #[test]
+    fn expired_entries_read_as_absent() {
+        let ram = RamTier::new(10_000);
+        let mut evicted = Vec::new();
+        let e = Entry::new(Bytes::from_static(b"v"), LmMeta::default(), 50);
+        ram.insert(Bytes::from("k"), e, &mut evicted).unwrap();
+        assert!(ram.get(b"k", 49).is_some());
+        assert!(ram.get(b"k", 50).is_none());
+        assert_eq!(ram.usage(), (0, 0));
+    }
+}
