@@ -160,15 +160,16 @@ pub struct NodeCacheHandle {
 }
 
 impl NodeCacheHandle {
-    /// Stops accepting, drains connections, then writes what the disk
-    /// queue holds and stops the disk writer.
-    pub async fn shutdown(self) {
+    /// Stops accepting, drains connections, then writes RAM and the spill
+    /// queue to the disk tier (for at most `persist`) and stops the writer.
+    pub async fn shutdown(self, persist: Duration) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
         let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        let deadline = std::time::Instant::now() + persist;
+        let _ = tokio::task::spawn_blocking(move || store.close(deadline)).await;
     }
 }
 
@@ -285,7 +286,9 @@ pub async fn run(args: NodeCacheArgs) -> Result<(), NodeCacheError> {
     let handle = tokio::task::block_in_place(|| start(settings, lm, redis, admin))?;
     crate::telemetry::shutdown_signal().await;
     tracing::info!("shutdown requested");
-    handle.shutdown().await;
+    // Kubernetes gives 30 s by default between SIGTERM and SIGKILL; the
+    // drain takes at most 5 s.
+    handle.shutdown(Duration::from_secs(20)).await;
     tracing::info!("node cache stopped");
     Ok(())
 }

@@ -33,6 +33,10 @@ pub struct Session {
     pub id: u64,
     pub authenticated: bool,
     pub name: Option<Bytes>,
+    /// Commands queued since MULTI.
+    pub queued: Option<Vec<(&'static str, Vec<Bytes>)>>,
+    /// A command queued since MULTI was unknown: EXEC aborts.
+    pub queue_failed: bool,
 }
 
 impl Session {
@@ -42,6 +46,8 @@ impl Session {
             id: ctx.next_client_id.fetch_add(1, Ordering::Relaxed) + 1,
             authenticated: ctx.password.is_none(),
             name: None,
+            queued: None,
+            queue_failed: false,
         }
     }
 }
@@ -56,7 +62,7 @@ pub enum Flow {
 const COMMANDS: &[&str] = &[
     "PING", "ECHO", "GET", "SET", "EXISTS", "DEL", "UNLINK", "MGET", "MSET", "STRLEN", "DBSIZE",
     "FLUSHALL", "FLUSHDB", "INFO", "SELECT", "QUIT", "AUTH", "HELLO", "CLIENT", "COMMAND",
-    "CONFIG",
+    "CONFIG", "MULTI", "EXEC", "DISCARD",
 ];
 
 /// The static name of a known command (the metric label), matched without regard to case.
@@ -98,6 +104,9 @@ pub async fn execute(
     let Some(name) = command_name(first) else {
         ctx.metrics.command("redis", "unknown");
         ctx.metrics.error("redis", "unknown_command");
+        if session.queued.is_some() {
+            session.queue_failed = true;
+        }
         let mut msg = format!(
             "ERR unknown command '{}', with args beginning with: ",
             lossy(&first[..first.len().min(128)])
@@ -114,6 +123,61 @@ pub async fn execute(
         out.error("NOAUTH Authentication required.");
         return Flow::Continue;
     }
+    // MULTI … EXEC: queue, then run in order. Each command is atomic on
+    // its own; the block is not isolated from other connections (no WATCH).
+    match (name, session.queued.is_some()) {
+        ("MULTI", true) => {
+            out.error("ERR MULTI calls can not be nested");
+            return Flow::Continue;
+        }
+        ("MULTI", false) => {
+            session.queued = Some(Vec::new());
+            out.simple("OK");
+            return Flow::Continue;
+        }
+        ("EXEC" | "DISCARD", false) => {
+            out.error(&format!("ERR {name} without MULTI"));
+            return Flow::Continue;
+        }
+        ("DISCARD", true) => {
+            session.queued = None;
+            session.queue_failed = false;
+            out.simple("OK");
+            return Flow::Continue;
+        }
+        ("EXEC", true) => {
+            let queued = session.queued.take().unwrap_or_default();
+            if std::mem::take(&mut session.queue_failed) {
+                out.error("EXECABORT Transaction discarded because of previous errors.");
+                return Flow::Continue;
+            }
+            out.array(queued.len());
+            let mut flow = Flow::Continue;
+            for (name, args) in queued {
+                if run(ctx, session, name, args, out).await == Flow::Close {
+                    flow = Flow::Close;
+                }
+            }
+            return flow;
+        }
+        (_, true) if name != "QUIT" => {
+            session.queued.get_or_insert_default().push((name, args));
+            out.simple("QUEUED");
+            return Flow::Continue;
+        }
+        _ => {}
+    }
+    run(ctx, session, name, args, out).await
+}
+
+/// Runs one known command.
+async fn run(
+    ctx: &RedisContext,
+    session: &mut Session,
+    name: &'static str,
+    args: Vec<Bytes>,
+    out: &mut ReplyBuf,
+) -> Flow {
     let store = &ctx.store;
     let argc = args.len();
     match name {
@@ -295,12 +359,16 @@ fn auth(
     ok
 }
 
-/// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP3 is refused with
-/// `NOPROTO`, which makes clients carry on with RESP2.
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`. Versions 2 and 3 are
+/// both served: the commands here differ between them only in the null and
+/// map types, and redis-py ≥ 8 opens with `HELLO 3` and gives up on `NOPROTO`
+/// instead of falling back. Other versions get `NOPROTO`, on which clients
+/// that do fall back (go-redis, lettuce) carry on with RESP2.
 fn hello(ctx: &RedisContext, session: &mut Session, args: &[Bytes], out: &mut ReplyBuf) {
+    let mut proto = if out.resp3 { 3 } else { 2 };
     if let Some(v) = args.get(1) {
         match parse_int(v) {
-            Some(2) => {}
+            Some(v @ (2 | 3)) => proto = v,
             Some(_) => return out.error("NOPROTO unsupported protocol version"),
             None => return out.error("ERR Protocol version is not an integer or out of range"),
         }
@@ -335,13 +403,14 @@ fn hello(ctx: &RedisContext, session: &mut Session, args: &[Bytes], out: &mut Re
     if name.is_some() {
         session.name = name;
     }
-    out.array(14);
+    out.resp3 = proto == 3;
+    out.map(7);
     out.bulk(b"server");
     out.bulk(b"redis");
     out.bulk(b"version");
     out.bulk(b"7.2.0");
     out.bulk(b"proto");
-    out.int(2);
+    out.int(proto);
     out.bulk(b"id");
     out.int(session.id as i64);
     out.bulk(b"mode");
@@ -393,7 +462,7 @@ fn config(ctx: &RedisContext, args: &[Bytes], out: &mut ReplyBuf) {
             }
         }
     }
-    out.array(pairs.len() * 2);
+    out.map(pairs.len());
     for (k, v) in pairs {
         out.bulk(k.as_bytes());
         out.bulk(v.as_bytes());

@@ -282,9 +282,22 @@ const ZERO_COPY_MIN: usize = 16 * 1024;
 pub struct ReplyBuf {
     small: BytesMut,
     chunks: VecDeque<Bytes>,
+    /// The client switched to RESP3 with `HELLO 3`: nulls and maps use RESP3 types.
+    pub resp3: bool,
 }
 
 impl ReplyBuf {
+    /// A map of `n` pairs: `%n` in RESP3, a flat array of `2n` in RESP2.
+    pub fn map(&mut self, n: usize) {
+        if self.resp3 {
+            self.small.put_u8(b'%');
+            self.small.put_slice(n.to_string().as_bytes());
+            self.small.put_slice(b"\r\n");
+        } else {
+            self.array(2 * n);
+        }
+    }
+
     /// `+OK`-style status.
     pub fn simple(&mut self, s: &str) {
         self.small.put_u8(b'+');
@@ -316,9 +329,13 @@ impl ReplyBuf {
         self.small.put_slice(b"\r\n");
     }
 
-    /// `$-1`, the null bulk string.
+    /// The null reply: `$-1` in RESP2, `_` in RESP3.
     pub fn nil(&mut self) {
-        self.small.put_slice(b"$-1\r\n");
+        if self.resp3 {
+            self.small.put_slice(b"_\r\n");
+        } else {
+            self.small.put_slice(b"$-1\r\n");
+        }
     }
 
     /// A bulk string.

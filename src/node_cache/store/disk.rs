@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -93,6 +94,8 @@ struct Shared {
     state: Mutex<State>,
     generation: AtomicU64,
     metrics: NodeCacheMetrics,
+    /// Set at shutdown: writes queued past it are dropped.
+    deadline: Mutex<Option<Instant>>,
 }
 
 /// The disk tier. Dropping it stops the writer after the queued jobs.
@@ -244,6 +247,7 @@ impl DiskTier {
             }),
             generation: AtomicU64::new(1),
             metrics,
+            deadline: Mutex::new(None),
         });
         let (jobs, rx) = channel();
         let worker = shared.clone();
@@ -273,6 +277,24 @@ impl DiskTier {
     /// already holds it or it has expired. Never blocks on I/O: when the
     /// queue is full the value is dropped and counted.
     pub fn spill(&self, key: Bytes, entry: Entry, now_ms: u64) {
+        self.enqueue(key, entry, now_ms, true);
+    }
+
+    /// At shutdown: queues `entries` (all of RAM, least recently used first)
+    /// without the queue bound, and writes until `deadline`; what is left
+    /// then is dropped and counted. Call [`DiskTier::close`] after it.
+    pub fn persist(&self, entries: Vec<(Bytes, Entry)>, now_ms: u64, deadline: Instant) {
+        *self
+            .shared
+            .deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        for (k, e) in entries {
+            self.enqueue(k, e, now_ms, false);
+        }
+    }
+
+    fn enqueue(&self, key: Bytes, entry: Entry, now_ms: u64, bounded: bool) {
         if entry.expired(now_ms) {
             return;
         }
@@ -282,7 +304,9 @@ impl DiskTier {
             return;
         }
         let len = entry.data.len() as u64;
-        if size > self.shared.capacity || s.pending_bytes + len > self.shared.queue_bytes {
+        if size > self.shared.capacity
+            || (bounded && s.pending_bytes + len > self.shared.queue_bytes)
+        {
             drop(s);
             self.shared.metrics.spill_drops.inc();
             return;
@@ -505,6 +529,22 @@ impl Shared {
     }
 
     fn write(&self, key: Bytes, generation: u64) {
+        let late = self
+            .deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|d| Instant::now() >= d);
+        if late {
+            let mut s = self.lock();
+            if matches!(s.pending.get(&key), Some((g, _)) if *g == generation)
+                && let Some((_, e)) = s.pending.remove(&key)
+            {
+                s.pending_bytes -= e.data.len() as u64;
+                drop(s);
+                self.metrics.spill_drops.inc();
+            }
+            return;
+        }
         // Take the value and reserve its bytes, evicting old files first so
         // the bound holds even while the file is being written.
         let (entry, size, victims) = {

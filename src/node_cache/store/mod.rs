@@ -279,10 +279,16 @@ impl Store {
         s
     }
 
-    /// Stops the disk writer after what is queued (call once, at shutdown).
-    pub fn close(&self) {
+    /// At shutdown: writes what RAM holds to the disk tier (so a restart
+    /// finds it there) until `deadline`, then stops the disk writer.
+    /// Blocking; call once.
+    pub fn close(&self, deadline: std::time::Instant) {
         if let Some(d) = &self.disk {
+            let entries = self.ram.drain();
+            let n = entries.len();
+            d.persist(entries, now_ms(), deadline);
             d.close();
+            tracing::info!(entries = n, "RAM tier written to the disk tier");
         }
     }
 
