@@ -65,7 +65,8 @@ pub struct NodeCacheArgs {
     #[arg(long, env = "KVMESH_MAX_VALUE_BYTES", default_value = "64Mi", value_parser = byte_size)]
     pub max_value_bytes: u64,
     /// Value bytes waiting to be written to disk at most; past it spills are dropped
-    /// and counted (default: a quarter of --memory-bytes, at most 256Mi).
+    /// and counted (default: a quarter of --memory-bytes, at most 64Mi, so the
+    /// queue fits in the 256 MiB the operator grants the pod above the RAM tier).
     #[arg(long, env = "KVMESH_SPILL_QUEUE_BYTES", value_parser = byte_size)]
     pub spill_queue_bytes: Option<u64>,
     /// lm:// header layout of the LMCache release in use.
@@ -128,7 +129,7 @@ impl NodeCacheArgs {
                 capacity,
                 queue_bytes: self
                     .spill_queue_bytes
-                    .unwrap_or((self.memory_bytes / 4).min(256 << 20)),
+                    .unwrap_or((self.memory_bytes / 4).min(64 << 20)),
             }),
         };
         if disk.is_none() && self.spill_queue_bytes.is_some() {

@@ -183,9 +183,7 @@ impl Store {
         if let Some(e) = self.get_ram(key) {
             return Some(e);
         }
-        if self.disk.is_none() {
-            return None;
-        }
+        self.disk.as_ref()?;
         let store = self.clone();
         let key = key.clone();
         tokio::task::spawn_blocking(move || store.get_disk(&key))
