@@ -56,6 +56,14 @@ async fn serve(settings: Settings) -> Cache {
     }
 }
 
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+        .await
+        .expect("closed in time")
+        .is_ok_and(|n| n == 0)
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("node-cache-{name}-{}", std::process::id()));
@@ -385,6 +393,23 @@ async fn redis_garbage_and_huge_lengths_are_errors_that_spare_other_connections(
     let _ = noise.write_all(&bytes).await;
     drop(noise);
     redis_exchange(&mut healthy, b"GET h\r\nEXISTS z\r\n", b"$1\r\n1\r\n:0\r\n").await;
+    c.handle.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_active_ones_are_not() {
+    let mut st = settings(64 * MIB, None, Framing::Current);
+    st.conn.idle_timeout = Some(Duration::from_millis(200));
+    let c = serve(st).await;
+    let mut idle_redis = TcpStream::connect(&c.redis).await.unwrap();
+    let mut idle_lm = TcpStream::connect(&c.lm).await.unwrap();
+    let mut busy = TcpStream::connect(&c.redis).await.unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        redis_exchange(&mut busy, b"PING\r\n", b"+PONG\r\n").await;
+    }
+    assert!(closed(&mut idle_redis).await);
+    assert!(closed(&mut idle_lm).await);
     c.handle.shutdown(Duration::ZERO).await;
 }
 

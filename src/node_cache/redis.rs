@@ -59,17 +59,39 @@ pub enum Flow {
     Close,
 }
 
-const COMMANDS: &[&str] = &[
-    "PING", "ECHO", "GET", "SET", "EXISTS", "DEL", "UNLINK", "MGET", "MSET", "STRLEN", "DBSIZE",
-    "FLUSHALL", "FLUSHDB", "INFO", "SELECT", "QUIT", "AUTH", "HELLO", "CLIENT", "COMMAND",
-    "CONFIG", "MULTI", "EXEC", "DISCARD",
+/// Known commands: (name, metric label).
+const COMMANDS: &[(&str, &str)] = &[
+    ("PING", "ping"),
+    ("ECHO", "echo"),
+    ("GET", "get"),
+    ("SET", "set"),
+    ("EXISTS", "exists"),
+    ("DEL", "del"),
+    ("UNLINK", "unlink"),
+    ("MGET", "mget"),
+    ("MSET", "mset"),
+    ("STRLEN", "strlen"),
+    ("DBSIZE", "dbsize"),
+    ("FLUSHALL", "flushall"),
+    ("FLUSHDB", "flushdb"),
+    ("INFO", "info"),
+    ("SELECT", "select"),
+    ("QUIT", "quit"),
+    ("AUTH", "auth"),
+    ("HELLO", "hello"),
+    ("CLIENT", "client"),
+    ("COMMAND", "command"),
+    ("CONFIG", "config"),
+    ("MULTI", "multi"),
+    ("EXEC", "exec"),
+    ("DISCARD", "discard"),
 ];
 
-/// The static name of a known command (the metric label), matched without regard to case.
-fn command_name(raw: &[u8]) -> Option<&'static str> {
+/// A known command's name and metric label, matched without regard to case.
+fn command_name(raw: &[u8]) -> Option<(&'static str, &'static str)> {
     COMMANDS
         .iter()
-        .find(|c| c.as_bytes().eq_ignore_ascii_case(raw))
+        .find(|(c, _)| c.as_bytes().eq_ignore_ascii_case(raw))
         .copied()
 }
 
@@ -101,7 +123,7 @@ pub async fn execute(
         return Flow::Continue;
     };
     ctx.commands.fetch_add(1, Ordering::Relaxed);
-    let Some(name) = command_name(first) else {
+    let Some((name, label)) = command_name(first) else {
         ctx.metrics.command("redis", "unknown");
         ctx.metrics.error("redis", "unknown_command");
         if session.queued.is_some() {
@@ -117,7 +139,7 @@ pub async fn execute(
         out.error(&msg);
         return Flow::Continue;
     };
-    ctx.metrics.command("redis", name);
+    ctx.metrics.command("redis", label);
     if !session.authenticated && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
         ctx.metrics.error("redis", "auth");
         out.error("NOAUTH Authentication required.");
