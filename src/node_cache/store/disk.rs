@@ -220,8 +220,11 @@ impl DiskTier {
         found.sort_by_key(|(mtime, _, _)| *mtime);
         let mut index = LruCache::unbounded();
         let mut used = 0;
-        for (_, key, info) in found {
+        let mut generation = 1;
+        for (_, key, mut info) in found {
             used += info.size;
+            info.generation = generation;
+            generation += 1;
             index.put(key, info);
         }
         let mut evicted = 0;
@@ -245,7 +248,7 @@ impl DiskTier {
                 pending: HashMap::new(),
                 pending_bytes: 0,
             }),
-            generation: AtomicU64::new(1),
+            generation: AtomicU64::new(generation),
             metrics,
             deadline: Mutex::new(None),
         });
@@ -300,7 +303,11 @@ impl DiskTier {
         }
         let size = (HEADER_LEN + key.len() + entry.data.len()) as u64;
         let mut s = self.shared.lock();
-        if s.index.contains(&key) {
+        let on_disk = entry.disk_generation != 0
+            && s.index
+                .peek(&key)
+                .is_some_and(|i| i.generation == entry.disk_generation);
+        if on_disk {
             return;
         }
         let len = entry.data.len() as u64;
@@ -336,6 +343,16 @@ impl DiskTier {
             let _ = self.jobs.send(Job::Delete { key: k });
         }
         live
+    }
+
+    /// Whether the disk copy a value was read from (`generation`; 0 for a
+    /// value served from the write queue) is still the key's current one.
+    pub fn is_current(&self, key: &[u8], generation: u64) -> bool {
+        let s = self.shared.lock();
+        match generation {
+            0 => s.pending.contains_key(key) || s.index.contains(key),
+            g => s.index.peek(key).is_some_and(|i| i.generation == g),
+        }
     }
 
     /// Whether a live value is held (without reading it).
@@ -376,7 +393,10 @@ impl DiskTier {
             }
         };
         match decode_file(key, bytes) {
-            Some(e) => Some(e),
+            Some(mut e) => {
+                e.disk_generation = info.generation;
+                Some(e)
+            }
             None => {
                 tracing::warn!(file = %path.display(), "disk-tier file is corrupt; removed");
                 self.shared.metrics.error("disk", "corrupt");
@@ -554,6 +574,10 @@ impl Shared {
                 _ => return, // superseded or deleted while queued
             };
             let size = (HEADER_LEN + key.len() + entry.data.len()) as u64;
+            // An older file of the same key is replaced by the rename.
+            if let Some(old) = s.index.pop(&key) {
+                s.used -= old.size;
+            }
             let mut victims = Vec::new();
             while s.used + size > self.capacity {
                 match s.index.pop_lru() {
@@ -608,6 +632,9 @@ impl Shared {
                 drop(s);
                 tracing::warn!(file = %path.display(), error = %e, "disk-tier write failed; value dropped");
                 let _ = fs::remove_file(&tmp);
+                // An older file of the key may still be there, unindexed: a
+                // restart must not bring it back.
+                let _ = fs::remove_file(&path);
                 self.metrics.error("disk", "io");
                 self.metrics.spill_drops.inc();
             }

@@ -86,36 +86,80 @@ impl RamTier {
             .is_some_and(|e| !e.expired(now_ms))
     }
 
-    /// Stores `entry`, first evicting least recently used entries into
-    /// `evicted` until it fits: the bound holds at every instant.
+    /// Stores `entry`, first evicting least recently used entries (each
+    /// handed to `on_evict`) until it fits: the bound holds at every
+    /// instant. `then` runs last, still under the lock, so that what it does
+    /// to the disk tier is ordered with other writers of the same key.
     pub fn insert(
         &self,
         key: Bytes,
         entry: Entry,
-        evicted: &mut Vec<(Bytes, Entry)>,
+        mut on_evict: impl FnMut(Bytes, Entry),
+        then: impl FnOnce(),
     ) -> Result<(), TooLarge> {
         let w = weight(&key, &entry);
-        if w > self.capacity {
-            self.remove(&key);
-            return Err(TooLarge);
-        }
         let mut inner = self.lock();
         inner.remove(&key);
+        if w > self.capacity {
+            then();
+            return Err(TooLarge);
+        }
         while inner.used + w > self.capacity {
             match inner.map.pop_lru() {
                 Some((k, e)) => {
                     inner.used -= weight(&k, &e);
-                    evicted.push((k, e));
+                    on_evict(k, e);
                 }
                 None => break,
             }
         }
         inner.used += w;
         inner.map.put(key, entry);
+        then();
         Ok(())
     }
 
-    /// Removes `key`; returns the entry if it was live.
+    /// Puts back a value read from a lower tier, unless RAM already holds
+    /// the key or `still_current` (checked under the lock) says a newer
+    /// write or a delete happened meanwhile. Returns whether it was stored.
+    pub fn promote(
+        &self,
+        key: Bytes,
+        entry: Entry,
+        still_current: impl FnOnce() -> bool,
+        mut on_evict: impl FnMut(Bytes, Entry),
+    ) -> bool {
+        let w = weight(&key, &entry);
+        if w > self.capacity {
+            return false;
+        }
+        let mut inner = self.lock();
+        if inner.map.contains(&key) || !still_current() {
+            return false;
+        }
+        while inner.used + w > self.capacity {
+            match inner.map.pop_lru() {
+                Some((k, e)) => {
+                    inner.used -= weight(&k, &e);
+                    on_evict(k, e);
+                }
+                None => break,
+            }
+        }
+        inner.used += w;
+        inner.map.put(key, entry);
+        true
+    }
+
+    /// Removes `key`, then runs `then` under the lock; returns the entry if
+    /// it was held, and `then`'s result.
+    pub fn remove_then<T>(&self, key: &[u8], then: impl FnOnce() -> T) -> (Option<Entry>, T) {
+        let mut inner = self.lock();
+        let e = inner.remove(key);
+        (e, then())
+    }
+
+    /// Removes `key`; returns the entry if it was held.
     pub fn remove(&self, key: &[u8]) -> Option<Entry> {
         self.lock().remove(key)
     }
@@ -174,13 +218,23 @@ mod tests {
         let ram = RamTier::new(3 * (100 + 1 + ENTRY_OVERHEAD));
         let mut evicted = Vec::new();
         for k in ["a", "b", "c"] {
-            ram.insert(Bytes::from(k), entry(100), &mut evicted)
-                .unwrap();
+            ram.insert(
+                Bytes::from(k),
+                entry(100),
+                |k, e| evicted.push((k, e)),
+                || (),
+            )
+            .unwrap();
         }
         assert!(evicted.is_empty());
         assert!(ram.get(b"a", 0).is_some()); // a is now the most recent
-        ram.insert(Bytes::from("d"), entry(100), &mut evicted)
-            .unwrap();
+        ram.insert(
+            Bytes::from("d"),
+            entry(100),
+            |k, e| evicted.push((k, e)),
+            || (),
+        )
+        .unwrap();
         assert_eq!(evicted.len(), 1);
         assert_eq!(&evicted[0].0[..], b"b");
         let (used, n) = ram.usage();
@@ -191,26 +245,34 @@ mod tests {
     #[test]
     fn an_entry_larger_than_the_tier_is_refused_and_replacing_recounts() {
         let ram = RamTier::new(1000);
-        let mut evicted = Vec::new();
+        let none = |_: Bytes, _: Entry| panic!("nothing to evict");
         assert_eq!(
-            ram.insert(Bytes::from("big"), entry(1000), &mut evicted),
+            ram.insert(Bytes::from("big"), entry(1000), none, || ()),
             Err(TooLarge)
         );
-        ram.insert(Bytes::from("k"), entry(10), &mut evicted)
+        ram.insert(Bytes::from("k"), entry(10), none, || ())
             .unwrap();
-        ram.insert(Bytes::from("k"), entry(20), &mut evicted)
+        ram.insert(Bytes::from("k"), entry(20), none, || ())
             .unwrap();
         assert_eq!(ram.usage(), (1 + 20 + ENTRY_OVERHEAD, 1));
+        assert!(
+            !ram.promote(Bytes::from("k"), entry(5), || true, none),
+            "RAM's copy wins over a promoted one"
+        );
         assert!(ram.remove(b"k").is_some());
         assert_eq!(ram.usage(), (0, 0));
+        assert!(
+            !ram.promote(Bytes::from("k"), entry(5), || false, none),
+            "stale"
+        );
+        assert!(ram.promote(Bytes::from("k"), entry(5), || true, none));
     }
 
     #[test]
     fn expired_entries_read_as_absent() {
         let ram = RamTier::new(10_000);
-        let mut evicted = Vec::new();
         let e = Entry::new(Bytes::from_static(b"v"), LmMeta::default(), 50);
-        ram.insert(Bytes::from("k"), e, &mut evicted).unwrap();
+        ram.insert(Bytes::from("k"), e, |_, _| (), || ()).unwrap();
         assert!(ram.get(b"k", 49).is_some());
         assert!(ram.get(b"k", 50).is_none());
         assert_eq!(ram.usage(), (0, 0));
