@@ -64,6 +64,16 @@ async fn closed(s: &mut TcpStream) -> bool {
         .is_ok_and(|n| n == 0)
 }
 
+/// Removes a test's directory when the test ends (after its server stops:
+/// declare it before the server).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("node-cache-{name}-{}", std::process::id()));
@@ -482,6 +492,7 @@ fn value(i: usize, len: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_evicted_from_ram_are_read_back_from_disk_and_survive_a_restart() {
     let dir = temp_dir("restart");
+    let _cleanup = Cleanup(dir.clone());
     let c = serve(settings(4 * MIB, Some(&dir), Framing::Current)).await;
     let mut s = TcpStream::connect(&c.redis).await.unwrap();
     for i in 0..24 {
@@ -536,6 +547,7 @@ async fn values_evicted_from_ram_are_read_back_from_disk_and_survive_a_restart()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_truncated_and_partial_files_are_misses_and_are_removed() {
     let dir = temp_dir("corrupt");
+    let _cleanup = Cleanup(dir.clone());
     let c = serve(settings(4 * MIB, Some(&dir), Framing::Current)).await;
     let mut s = TcpStream::connect(&c.redis).await.unwrap();
     for i in 0..6 {
@@ -599,6 +611,7 @@ async fn corrupt_truncated_and_partial_files_are_misses_and_are_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disk_tier_stays_within_its_bound() {
     let dir = temp_dir("disk-bound");
+    let _cleanup = Cleanup(dir.clone());
     let mut st = settings(2 * MIB, Some(&dir), Framing::Current);
     if let Some(d) = st.store.disk.as_mut() {
         d.capacity = 8 * MIB;

@@ -160,6 +160,16 @@ fn value(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| (i * 131 + j * 7) as u8).collect()
 }
 
+/// Removes a test's directory when the test ends (after its server stops:
+/// declare it before the server).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("node-cache-proc-{name}-{}", std::process::id()));
@@ -226,6 +236,7 @@ fn a_write_storm_of_ten_times_capacity_stays_within_the_memory_bound() {
     const CAPACITY: u64 = 32 * MIB;
     const OVERHEAD: u64 = 64 * MIB;
     let dir = temp_dir("storm");
+    let _cleanup = Cleanup(dir.clone());
     let r = spawn(CAPACITY, Some((&dir, 128 * MIB)), &[]);
     let pid = r.child.id();
     let baseline = rss_bytes(pid);
@@ -282,6 +293,7 @@ fn a_write_storm_of_ten_times_capacity_stays_within_the_memory_bound() {
 #[test]
 fn sigterm_writes_ram_to_disk_and_a_restarted_process_serves_it() {
     let dir = temp_dir("sigterm");
+    let _cleanup = Cleanup(dir.clone());
     let mut r = spawn(
         16 * MIB,
         Some((&dir, 64 * MIB)),
