@@ -75,8 +75,11 @@ pub struct NodeCacheArgs {
     /// Password Redis clients must send with AUTH (lm:// has no authentication).
     #[arg(long, env = "KVMESH_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
-    /// Close a connection that sends nothing for this long (0s: never).
-    #[arg(long, env = "KVMESH_IDLE_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
+    /// Close a connection that sends nothing for this long (0s: never, the
+    /// default, as Redis's `timeout 0`: LMCache keeps one connection per
+    /// engine open through idle hours and does not expect it to be closed;
+    /// TCP keepalive still reaps peers that vanished).
+    #[arg(long, env = "KVMESH_IDLE_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 }
 

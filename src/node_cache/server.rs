@@ -76,6 +76,12 @@ async fn accept_loop<F, Fut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // Engines keep one connection open for hours, mostly idle:
+                // keepalive finds peers that vanished without a FIN.
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(60))
+                    .with_interval(Duration::from_secs(10));
+                let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
                 tracing::debug!(protocol, %peer, "connection opened");
                 let gauge = gauge.clone();
                 gauge.inc();
