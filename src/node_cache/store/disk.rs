@@ -655,6 +655,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_spill_queue_drops_and_counts_instead_of_waiting() {
+        let dir = std::env::temp_dir().join(format!("kvmesh-disk-drop-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let metrics = NodeCacheMetrics::default();
+        let disk = DiskTier::open(
+            DiskConfig {
+                dir: dir.clone(),
+                capacity: 1 << 20,
+                queue_bytes: 3000,
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        let value = Bytes::from(vec![1u8; 1000]);
+        let mut s = disk.shared.lock();
+        s.pending_bytes = 2500; // as if a slow disk left 2500 bytes waiting
+        drop(s);
+        disk.spill(
+            Bytes::from_static(b"over"),
+            Entry::new(value.clone(), LmMeta::default(), 0),
+            0,
+        );
+        assert_eq!(metrics.spill_drops.get(), 1);
+        disk.shared.lock().pending_bytes = 0;
+        disk.spill(
+            Bytes::from_static(b"fits"),
+            Entry::new(value, LmMeta::default(), 0),
+            0,
+        );
+        disk.close();
+        assert_eq!(metrics.spill_drops.get(), 1);
+        assert_eq!(metrics.spills.get(), 1);
+        assert!(disk.contains(b"fits", 0) && !disk.contains(b"over", 0));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_file_round_trips_and_any_flipped_byte_is_detected() {
         let e = Entry::new(
             Bytes::from_static(b"value bytes"),
