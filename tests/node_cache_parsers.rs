@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use kvmesh::node_cache::lm::{self, Framing};
 use kvmesh::node_cache::resp::{Decoded, Limits, ProtocolError, RespDecoder};
 use kvmesh::node_cache::store::LmMeta;
-use kvmesh::node_cache::store::disk::decode_file;
+use kvmesh::node_cache::store::file::decode_file;
 use proptest::prelude::*;
 
 const LIMITS: Limits = Limits {

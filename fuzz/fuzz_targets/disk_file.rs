@@ -2,7 +2,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use kvmesh::node_cache::store::disk::decode_file;
+use kvmesh::node_cache::store::file::decode_file;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,16 +1,7 @@
 //! The disk tier: one file per value under one directory, a hard byte
 //! bound with LRU eviction, write-behind through a byte-bounded queue.
 //!
-//! File layout (little-endian), `HEADER_LEN` bytes then key then value:
-//!
-//! ```text
-//!  0  magic "KVMC\x01\0\0\0"
-//!  8  key length        u32
-//! 12  lm metadata       7 × i32 (fmt, dtype, shape[4], location)
-//! 40  expiry            u64 (unix ms, 0 = never)
-//! 48  value length      u64
-//! 56  checksum          u64 (xxh3 of bytes 8..56, key, value)
-//! ```
+//! File layout and checksum: [`super::file`].
 //!
 //! A file is written to `<name>.<gen>.tmp` and renamed, so a reader sees a
 //! whole file or none; a crash leaves a temp file, which `open` removes. A
@@ -19,8 +10,8 @@
 //! a value waiting in the queue is served from the queue.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -30,14 +21,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use lru::LruCache;
-use xxhash_rust::xxh3::{Xxh3Default, xxh3_128};
 
-use super::{Entry, LmMeta};
+use super::Entry;
+use super::file::{HEADER_LEN, decode_file, file_name, read_exact_file, scan_file, write_file};
 use crate::node_cache::metrics::{DISK, NodeCacheMetrics};
-
-/// Bytes before the key in every file.
-pub const HEADER_LEN: usize = 64;
-const MAGIC: [u8; 8] = *b"KVMC\x01\0\0\0";
 
 /// Where the disk tier lives and how much it may hold.
 #[derive(Debug, Clone)]
@@ -106,81 +93,6 @@ pub struct DiskTier {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// The file name of `key`: a hash, so any key byte is allowed.
-fn file_name(key: &[u8]) -> String {
-    format!("{:032x}.kv", xxh3_128(key))
-}
-
-/// The bytes of a file holding `key` and `entry`, header and key only
-/// (the value is written after it without a copy).
-pub fn encode_header(key: &[u8], entry: &Entry) -> Vec<u8> {
-    let mut h = Vec::with_capacity(HEADER_LEN + key.len());
-    h.extend_from_slice(&MAGIC);
-    h.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    for v in entry.meta.to_array() {
-        h.extend_from_slice(&v.to_le_bytes());
-    }
-    h.extend_from_slice(&entry.expires_at_ms.to_le_bytes());
-    h.extend_from_slice(&(entry.data.len() as u64).to_le_bytes());
-    let sum = checksum(&h[8..56], key, &entry.data);
-    h.extend_from_slice(&sum.to_le_bytes());
-    h.extend_from_slice(key);
-    h
-}
-
-fn checksum(fields: &[u8], key: &[u8], value: &[u8]) -> u64 {
-    let mut h = Xxh3Default::new();
-    h.update(fields);
-    h.update(key);
-    h.update(value);
-    h.digest()
-}
-
-struct Header {
-    key_len: usize,
-    meta: LmMeta,
-    expires_at_ms: u64,
-    value_len: u64,
-    checksum: u64,
-}
-
-fn parse_header(b: &[u8]) -> Option<Header> {
-    if b.len() < HEADER_LEN || b[..8] != MAGIC {
-        return None;
-    }
-    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    let u64_at = |o: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[o..o + 8]);
-        u64::from_le_bytes(a)
-    };
-    let mut meta = [0i32; 7];
-    for (i, m) in meta.iter_mut().enumerate() {
-        *m = u32_at(12 + 4 * i) as i32;
-    }
-    Some(Header {
-        key_len: u32_at(8) as usize,
-        meta: LmMeta::from_array(meta),
-        expires_at_ms: u64_at(40),
-        value_len: u64_at(48),
-        checksum: u64_at(56),
-    })
-}
-
-/// Decodes a whole file; `None` when it is not a valid file for `key`.
-pub fn decode_file(key: &[u8], file: Bytes) -> Option<Entry> {
-    let h = parse_header(&file)?;
-    let key_end = HEADER_LEN.checked_add(h.key_len)?;
-    let end = (key_end as u64).checked_add(h.value_len)?;
-    if end != file.len() as u64 || &file[HEADER_LEN..key_end] != key {
-        return None;
-    }
-    if checksum(&file[8..56], key, &file[key_end..]) != h.checksum {
-        return None;
-    }
-    Some(Entry::new(file.slice(key_end..), h.meta, h.expires_at_ms))
-}
-
 impl DiskTier {
     /// Opens (creating if needed) `config.dir`, removes partial temp files,
     /// rebuilds the index from the files there (oldest first, so the LRU
@@ -207,8 +119,13 @@ impl DiskTier {
                 continue;
             }
             match scan_file(&path) {
-                Some((key, info, mtime)) if file_name(&key) == name => {
-                    found.push((mtime, key, info));
+                Some(f) if file_name(&f.key) == name => {
+                    let info = FileInfo {
+                        size: f.size,
+                        generation: 0,
+                        expires_at_ms: f.expires_at_ms,
+                    };
+                    found.push((f.mtime, f.key, info));
                 }
                 _ => {
                     tracing::warn!(file = %path.display(), "removing an unreadable disk-tier file");
@@ -450,50 +367,6 @@ fn expired(expires_at_ms: u64, now_ms: u64) -> bool {
     expires_at_ms != 0 && expires_at_ms <= now_ms
 }
 
-/// Reads a file expected to be `size` bytes into one exact allocation.
-fn read_exact_file(path: &Path, size: u64) -> io::Result<Bytes> {
-    let mut f = File::open(path)?;
-    let actual = f.metadata()?.len();
-    if actual != size {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("file is {actual} bytes, index says {size}"),
-        ));
-    }
-    let mut buf = Vec::with_capacity(size as usize);
-    f.read_to_end(&mut buf)?;
-    Ok(Bytes::from(buf))
-}
-
-/// Reads a file's header and key: (key, info, mtime) if it is well formed
-/// and as long as its header says. The checksum is checked on read.
-fn scan_file(path: &Path) -> Option<(Bytes, FileInfo, std::time::SystemTime)> {
-    let mut f = File::open(path).ok()?;
-    let meta = f.metadata().ok()?;
-    let mut head = [0u8; HEADER_LEN];
-    f.read_exact(&mut head).ok()?;
-    let h = parse_header(&head)?;
-    if h.key_len > 1 << 20 {
-        return None;
-    }
-    let size = (HEADER_LEN as u64 + h.key_len as u64).checked_add(h.value_len)?;
-    if size != meta.len() {
-        return None;
-    }
-    let mut key = vec![0u8; h.key_len];
-    f.read_exact(&mut key).ok()?;
-    let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-    Some((
-        Bytes::from(key),
-        FileInfo {
-            size,
-            generation: 0,
-            expires_at_ms: h.expires_at_ms,
-        },
-        mtime,
-    ))
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // No operation panics half-way through an update; a poisoned lock is usable.
@@ -642,17 +515,10 @@ impl Shared {
     }
 }
 
-fn write_file(tmp: &Path, path: &Path, key: &[u8], entry: &Entry) -> io::Result<()> {
-    let mut f = File::create(tmp)?;
-    f.write_all(&encode_header(key, entry))?;
-    f.write_all(&entry.data)?;
-    drop(f);
-    fs::rename(tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node_cache::store::LmMeta;
 
     #[test]
     fn a_full_spill_queue_drops_and_counts_instead_of_waiting() {
@@ -689,31 +555,5 @@ mod tests {
         assert_eq!(metrics.spills.get(), 1);
         assert!(disk.contains(b"fits", 0) && !disk.contains(b"over", 0));
         let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_file_round_trips_and_any_flipped_byte_is_detected() {
-        let e = Entry::new(
-            Bytes::from_static(b"value bytes"),
-            LmMeta {
-                fmt: 1,
-                dtype: 3,
-                shape: [2, 3, 4, 5],
-                location: 1,
-            },
-            0,
-        );
-        let mut file = encode_header(b"key", &e);
-        file.extend_from_slice(&e.data);
-        let back = decode_file(b"key", Bytes::from(file.clone())).unwrap();
-        assert_eq!(back.data, e.data);
-        assert_eq!(back.meta, e.meta);
-        assert!(decode_file(b"other", Bytes::from(file.clone())).is_none());
-        for i in 0..file.len() {
-            let mut bad = file.clone();
-            bad[i] ^= 0x40;
-            assert!(decode_file(b"key", Bytes::from(bad)).is_none(), "byte {i}");
-        }
-        assert!(decode_file(b"key", Bytes::from(file[..file.len() - 1].to_vec())).is_none());
     }
 }

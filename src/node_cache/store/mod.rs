@@ -6,6 +6,7 @@
 //! RAM evicts is queued for the disk tier and written behind.
 
 pub mod disk;
+pub mod file;
 pub mod ram;
 
 use std::sync::Arc;
