@@ -638,3 +638,58 @@ async fn an_engine_reporting_no_cached_tokens_loses_its_stale_index_entries() {
     assert!(metrics.contains(&line), "{metrics}");
     router.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_reporting_a_deep_queue_gets_fewer_requests_and_garbage_metrics_are_ignored() {
+    let b = backends(3, Mode::Json).await;
+    *b[0].metrics.lock().expect("lock") = "# TYPE vllm:num_requests_waiting gauge\n\
+        vllm:num_requests_waiting{model_name=\"m\"} 60\n\
+        vllm:num_requests_running{model_name=\"m\"} 16\n\
+        vllm:kv_cache_usage_perc{model_name=\"m\"} 0.97\n"
+        .to_string();
+    *b[1].metrics.lock().expect("lock") =
+        "<html><body>vllm:num_requests_waiting lots</body></html>".to_string();
+    // b[2] answers /metrics with 404.
+    let router = router(&refs(&b), &["--engine-scrape-interval", "100ms"]).await;
+    let c = client();
+    let admin = router.admin_addr;
+    let (deep, garbage, missing) = (&b[0].name, &b[1].name, &b[2].name);
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = get(&c, &format!("http://{admin}/metrics")).await.1;
+        if page.contains(&format!(
+            "kvmesh_router_engine_queue_depth{{replica=\"{deep}\"}} 60"
+        )) && page.contains(&format!(
+            "kvmesh_router_engine_scrape_errors_total{{replica=\"{garbage}\"}}"
+        )) && page.contains(&format!(
+            "kvmesh_router_engine_scrape_errors_total{{replica=\"{missing}\"}}"
+        )) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        page.contains(&format!(
+            "kvmesh_router_engine_kv_usage_ratio{{replica=\"{deep}\"}} 0.97"
+        )),
+        "{page}"
+    );
+    assert!(
+        !page.contains(&format!(
+            "kvmesh_router_engine_queue_depth{{replica=\"{garbage}\"}}"
+        )),
+        "garbage became a load:\n{page}"
+    );
+    for i in 0..90 {
+        let body = serde_json::json!({"model": "m", "prompt": format!("question {i}: {}", "lorem ipsum ".repeat(8))}).to_string();
+        let (status, _, _) = post(&c, router.addr, "/v1/completions", body, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let counts: Vec<usize> = b.iter().map(TestBackend::count).collect();
+    assert!(counts[0] < 9, "the deep queue took {counts:?}");
+    assert!(
+        counts[1] > 25 && counts[2] > 25,
+        "engines with bad metrics were penalised: {counts:?}"
+    );
+    router.shutdown().await;
+}

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod feedback;
 pub mod forward;
@@ -148,6 +149,14 @@ pub fn spawn_with_client(
         signal(stopped),
     ));
     let mut tasks = vec![proxy, admin];
+    if let Some(interval) = shared.cfg.engine_scrape_interval {
+        tasks.push(tokio::spawn(engine::run(
+            shared.clone(),
+            interval,
+            shared.cfg.engine_metrics_path.clone(),
+            stop.subscribe(),
+        )));
+    }
     if let Some(client) = kube_client {
         let (cfg, stop_rx) = (&shared.cfg, stop.subscribe());
         let task = if let Some(source) = cfg.pods.clone() {

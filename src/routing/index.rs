@@ -108,6 +108,9 @@ pub struct PrefixIndex {
     tail_parent: HashMap<u64, u64, HashIdentity>,
     replicas: Vec<Option<Lru>>,
     capacity: NonZeroUsize,
+    /// Blocks evicted since the last [`PrefixIndex::take_evicted`], oldest
+    /// first: `(replica, hash, weight)`. The node tier takes them.
+    evicted: Vec<(Slot, u64, u32)>,
 }
 
 impl PrefixIndex {
@@ -121,6 +124,7 @@ impl PrefixIndex {
             tail_parent: HashMap::default(),
             replicas: Vec::new(),
             capacity: NonZeroUsize::new(capacity_blocks.max(1)).unwrap_or(NonZeroUsize::MIN),
+            evicted: Vec::new(),
         }
     }
 
@@ -239,6 +243,7 @@ impl PrefixIndex {
             tails: &mut self.tails,
             tail_parent: &mut self.tail_parent,
             capacity: self.capacity.get(),
+            evicted: &mut self.evicted,
         };
         if let Some(tail) = prompt.tail()
             && files.touch(lru, slot, tail.hash, 1)
@@ -286,14 +291,20 @@ impl PrefixIndex {
         dropped
     }
 
-    /// Forgets everything `slot` held (the replica left). Returns its blocks,
-    /// most recent first.
-    pub fn remove_replica(&mut self, slot: Slot) -> Vec<u64> {
+    /// Blocks evicted from replicas' LRUs since the last call, oldest first:
+    /// `(replica, hash, weight)`.
+    pub fn take_evicted(&mut self) -> Vec<(Slot, u64, u32)> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Forgets everything `slot` held (the replica left). Returns its blocks
+    /// with their weights, oldest first.
+    pub fn remove_replica(&mut self, slot: Slot) -> Vec<(u64, u32)> {
         let Some(Some(lru)) = self.replicas.get_mut(slot as usize).map(Option::take) else {
             return Vec::new();
         };
-        let blocks: Vec<u64> = lru.list.iter().map(|(h, _)| *h).collect();
-        for &h in &blocks {
+        let blocks: Vec<(u64, u32)> = lru.list.iter().rev().map(|(h, w)| (*h, *w)).collect();
+        for &(h, _) in &blocks {
             detach(&mut self.entries, h, slot);
             if !self.entries.contains_key(&h) {
                 unfile_tail(&mut self.tails, &mut self.tail_parent, h);
@@ -391,6 +402,7 @@ struct Files<'a> {
     tails: &'a mut HashMap<u64, SmallVec<[(u64, u16); 2]>, HashIdentity>,
     tail_parent: &'a mut HashMap<u64, u64, HashIdentity>,
     capacity: usize,
+    evicted: &'a mut Vec<(Slot, u64, u32)>,
 }
 
 impl Files<'_> {
@@ -407,6 +419,7 @@ impl Files<'_> {
                 break;
             };
             lru.blocks -= w as usize;
+            self.evicted.push((slot, old, w));
             detach(self.entries, old, slot);
             if !self.entries.contains_key(&old) {
                 unfile_tail(self.tails, self.tail_parent, old);
