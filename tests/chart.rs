@@ -745,3 +745,36 @@ fn a_mistyped_or_invalid_value_is_refused_for_its_stated_reason() {
     }
     assert!(seen >= 5, "only {seen} bad values files");
 }
+
+#[test]
+fn the_install_notes_say_what_was_installed_and_how_to_make_a_pool() {
+    let Some(helm) = helm() else { return };
+    let out = run_helm(
+        &helm,
+        &[
+            "install",
+            "kvmesh",
+            CHART,
+            "--namespace",
+            NS,
+            "--dry-run=client",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let notes = text.split("NOTES:").nth(1).expect("NOTES");
+    for wanted in [
+        "deploy/kvmesh-operator",
+        "ClusterRole kvmesh-router",
+        "kubectl get kvp",
+        "-connection",
+        "kubectl apply --server-side -f charts/kvmesh/crds/",
+    ] {
+        assert!(notes.contains(wanted), "NOTES lack {wanted:?}:\n{notes}");
+    }
+    assert!(notes.lines().count() < 30, "NOTES stay short");
+}

@@ -1,5 +1,6 @@
 //! Every Kubernetes call the operator makes, as (API group, resource,
-//! verbs): the chart's operator ClusterRole grants exactly these, and the
+//! verbs): the chart's operator ClusterRole (and, for the Lease, its
+//! leader-election Role) grants exactly these (tests/chart.rs), and the
 //! end-to-end tests check the operator never calls outside them.
 
 use crate::discovery::rbac::Permission;
