@@ -15,6 +15,7 @@ use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::DynamicObject;
@@ -169,6 +170,7 @@ fn check_document(doc: &Value) -> Result<(), String> {
         "RoleBinding" => parses_as::<RoleBinding>(doc),
         "ConfigMap" => parses_as::<ConfigMap>(doc),
         "NetworkPolicy" => parses_as::<NetworkPolicy>(doc),
+        "PodDisruptionBudget" => parses_as::<PodDisruptionBudget>(doc),
         "CustomResourceDefinition" => parses_as::<CustomResourceDefinition>(doc),
         "ServiceMonitor" => monitor(doc, "endpoints"),
         "PodMonitor" => monitor(doc, "podMetricsEndpoints"),
@@ -375,6 +377,7 @@ fn every_rendered_document_is_a_valid_object_of_a_known_kind() {
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "Deployment",
+            "PodDisruptionBudget",
             "Role",
             "RoleBinding",
             "Service",
@@ -669,6 +672,13 @@ fn selectors_reach_the_pods_they_are_meant_for() {
     }
     assert!(!labels_match(&pm_labels, &pod_labels));
     assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "admin");
+    // The disruption budget guards the operator's pods.
+    let pdb: PodDisruptionBudget = one(&docs, "PodDisruptionBudget");
+    let pdb_selector = pdb
+        .spec
+        .and_then(|s| s.selector)
+        .and_then(|s| s.match_labels);
+    assert!(labels_match(&pdb_selector.unwrap_or_default(), &pod_labels));
     // The NetworkPolicy is the operator's.
     let np: NetworkPolicy = one(&docs, "NetworkPolicy");
     let np_spec = np.spec.expect("spec");
