@@ -250,20 +250,16 @@ fn every_value_is_documented_and_declared_in_the_schema() {
             "values.yaml key {} is not in values.schema.json",
             path.join(".")
         );
-        // A leaf (not an object of chart keys) carries a `# --` comment.
-        let is_group = props[key].get("properties").is_some();
-        if !is_group {
-            let documented = lines[..i]
-                .iter()
-                .rev()
-                .take_while(|l| l.trim_start().starts_with('#'))
-                .any(|l| l.trim_start().starts_with("# --"));
-            assert!(
-                documented,
-                "values.yaml key {} has no `# --` comment",
-                path.join(".")
-            );
-        }
+        let documented = lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| l.trim_start().starts_with('#'))
+            .any(|l| l.trim_start().starts_with("# --"));
+        assert!(
+            documented,
+            "values.yaml key {} has no `# --` comment",
+            path.join(".")
+        );
         checked += 1;
     }
     assert!(checked > 30, "only {checked} keys checked");
