@@ -24,7 +24,8 @@ use kube::{Resource, ResourceExt};
 use super::quantity::{BadQuantity, bytes};
 use crate::crd::KvCachePool;
 
-/// The ClusterRole (installed by the chart) each pool's router is bound to.
+/// The default name of the ClusterRole (installed by the chart) each pool's
+/// router is bound to; `--router-cluster-role` names another.
 pub const ROUTER_CLUSTER_ROLE: &str = "kvmesh-router";
 /// Where the node cache keeps its disk tier inside the container.
 pub const CACHE_DIR: &str = "/var/lib/kvmesh/cache";
@@ -42,6 +43,9 @@ pub struct BuildSettings {
     pub default_image: String,
     /// The cluster's DNS domain (`cluster.local`).
     pub cluster_domain: String,
+    /// The ClusterRole each router's RoleBinding refers to
+    /// ([`ROUTER_CLUSTER_ROLE`] unless the chart names its own).
+    pub router_cluster_role: String,
 }
 
 /// Why a pool cannot be built (what the schema cannot catch).
@@ -190,7 +194,7 @@ pub fn build(pool: &KvCachePool, s: &BuildSettings) -> Result<Desired, SpecError
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "ClusterRole".into(),
-            name: ROUTER_CLUSTER_ROLE.into(),
+            name: s.router_cluster_role.clone(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
