@@ -173,6 +173,11 @@ pub struct BenchArgs {
     /// running and queued requests (0 = engine signals off).
     #[arg(long, env = "KVMESH_BENCH_ENGINE_SCRAPE", default_value_t = 5.0)]
     pub engine_scrape: f64,
+    /// Offline: with several routers, each tells the others its placements
+    /// this many virtual seconds later (0 = never; the router's
+    /// `--peer-sync-interval` is 250ms).
+    #[arg(long, env = "KVMESH_BENCH_PEER_SYNC", default_value_t = 0.25)]
+    pub peer_sync: f64,
     /// Offline: engines per node sharing one node cache (0 = no node caches).
     #[arg(long, env = "KVMESH_BENCH_ENGINES_PER_NODE", default_value_t = 0)]
     pub engines_per_node: usize,
@@ -348,6 +353,11 @@ pub fn offline(args: &BenchArgs) -> Result<Vec<PolicyResult>, BenchError> {
             "--cold-load-factor must be a number ≥ 1".into(),
         ));
     }
+    if !(args.peer_sync.is_finite() && args.peer_sync >= 0.0) {
+        return Err(BenchError::Usage(
+            "--peer-sync must be a number of seconds ≥ 0".into(),
+        ));
+    }
     if !(args.engine_scrape.is_finite() && args.engine_scrape >= 0.0) {
         return Err(BenchError::Usage(
             "--engine-scrape must be a number of seconds ≥ 0".into(),
@@ -387,6 +397,8 @@ pub fn offline(args: &BenchArgs) -> Result<Vec<PolicyResult>, BenchError> {
         engines_per_node: args.engines_per_node,
         node_cache_tokens: args.node_cache_tokens,
         node_tier: args.node_tier,
+        engine_feedback: true,
+        share_placements_s: (args.peer_sync > 0.0).then_some(args.peer_sync),
     };
     let mut results = Vec::new();
     for kind in kinds {

@@ -28,13 +28,6 @@ pub fn settings(pool: &KvCachePool, base: &RoutingConfig) -> RoutingConfig {
         load_factor: r.load_factor.max(1.0),
         index_capacity_blocks: usize::try_from(r.index_capacity_blocks).unwrap_or(1).max(1),
         node_capacity_blocks: node_capacity_blocks(pool),
-        // Several routers, each with its own index, agree on where new
-        // prefixes go only if load rarely moves them off their ring home.
-        cold_load_factor: if r.replicas > 1 {
-            base.cold_load_factor.max(r.load_factor)
-        } else {
-            base.cold_load_factor
-        },
         ..base.clone()
     }
 }

@@ -70,6 +70,7 @@ pub enum OperatorError {
 /// `kvmesh operator`, with the Kubernetes client from the environment
 /// (in-cluster service account or kubeconfig).
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
+    let stop_signal = crate::telemetry::shutdown_signal();
     let client = Client::try_default().await.map_err(OperatorError::Client)?;
     let admin = TcpListener::bind(args.admin_listen)
         .await
@@ -79,7 +80,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         })?;
     let (stop_tx, stop) = watch::channel(false);
     let running = tokio::spawn(operate(client, args, admin, stop));
-    crate::telemetry::shutdown_signal().await;
+    stop_signal.await;
     tracing::info!("shutdown requested");
     let _ = stop_tx.send(true);
     let _ = running.await;

@@ -74,10 +74,9 @@ pub struct RouterArgs {
     #[arg(long, env = "KVMESH_COLD_FOOTPRINT_FACTOR", default_value_t = 1.05)]
     pub cold_footprint_factor: f64,
     /// `c` of the bound new prefixes are placed under: 1 = only replicas at
-    /// or below the mean load take them (best with one router); with several
-    /// router replicas that do not share an index, set it to the load factor
-    /// so they agree on placements (docs/benchmarks.md). `--pool` does this
-    /// itself when the pool runs more than one router.
+    /// or below the mean load take them. With several router replicas that
+    /// do not share placements (`--peer-sync-interval 0`), set it to the load
+    /// factor so they agree (docs/benchmarks.md).
     #[arg(long, env = "KVMESH_COLD_LOAD_FACTOR", default_value_t = 1.0)]
     pub cold_load_factor: f64,
     /// Request header whose value pins a session to a replica (ring key).
@@ -132,6 +131,17 @@ pub struct RouterArgs {
     /// Path of the engines' Prometheus metrics.
     #[arg(long, env = "KVMESH_ENGINE_METRICS_PATH", default_value = "/metrics")]
     pub engine_metrics_path: String,
+    /// Peer routers' admin addresses (`http://host:port`, repeat or
+    /// comma-separate) to share placements with. With `--pool`, the pool's
+    /// other router pods are found by themselves.
+    #[arg(long = "peer", env = "KVMESH_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// How often placements are sent to peer routers (0 = never).
+    #[arg(long, env = "KVMESH_PEER_SYNC_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub peer_sync_interval: Duration,
+    /// This router's pod name (its own pod is not a peer).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// Blocks each node's cache holds (node tier bound; 0 = off). With
     /// `--pool`, the pool's node cache size decides.
     #[arg(long, env = "KVMESH_NODE_CACHE_BLOCKS", default_value_t = 0)]
@@ -205,6 +215,10 @@ pub struct ProxyConfig {
     pub upstream_h2c: bool,
     /// Scrape engines' metrics this often (None: engine signals off).
     pub engine_scrape_interval: Option<Duration>,
+    /// Send placements to peers this often (None: never).
+    pub peer_sync_interval: Option<Duration>,
+    /// Where peer routers are.
+    pub peer_source: Option<super::peers::PeerSource>,
     pub engine_metrics_path: String,
 }
 
@@ -225,6 +239,8 @@ pub enum ConfigError {
     DuplicateBackend(String),
     #[error("--load-factor must be a number ≥ 1.0, got {0}")]
     LoadFactor(f64),
+    #[error("--peer {0:?}: {1}")]
+    Peer(String, String),
     #[error("--cold-load-factor must be a number ≥ 1.0, got {0}")]
     ColdLoadFactor(f64),
     #[error("--hot-prefix-share must be between 0 and 1, got {0}")]
@@ -330,6 +346,28 @@ impl RouterArgs {
             }
         };
         let pool = ns_name(&self.pool)?;
+        let peer_source = if !self.peers.is_empty() {
+            let list = self
+                .peers
+                .iter()
+                .map(|u| {
+                    Backend::parse(u)
+                        .map(|b| b.authority)
+                        .map_err(|e| ConfigError::Peer(u.clone(), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(super::peers::PeerSource::Static(list))
+        } else {
+            pool.as_ref()
+                .map(|(ns, name)| super::peers::PeerSource::Pods {
+                    namespace: ns.clone(),
+                    selector: crate::discovery::pods::labels_string(
+                        &crate::operator::builders::selector_labels(name, "router"),
+                    ),
+                    port: self.admin_listen.port(),
+                    own_pod: self.pod_name.clone(),
+                })
+        };
         let inference_pool = ns_name(&self.inference_pool)?;
         Ok(ProxyConfig {
             routing: RoutingConfig {
@@ -367,6 +405,9 @@ impl RouterArgs {
             drain_timeout: self.drain_timeout,
             upstream_h2c: self.upstream_h2c,
             engine_scrape_interval: self.engine_signals.then_some(self.engine_scrape_interval),
+            peer_sync_interval: (!self.peer_sync_interval.is_zero() && peer_source.is_some())
+                .then_some(self.peer_sync_interval),
+            peer_source,
             engine_metrics_path: self.engine_metrics_path.clone(),
         })
     }

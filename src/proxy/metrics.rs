@@ -93,6 +93,11 @@ pub struct Metrics {
     pub engine_running: Family<ReplicaLabels, Gauge>,
     pub engine_kv_usage: Family<ReplicaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub engine_scrape_errors: Family<ReplicaLabels, Counter>,
+    pub peer_batches_sent: Counter,
+    pub peer_send_errors: Counter,
+    pub peer_records_received: Counter,
+    pub peer_batches_rejected: Counter,
+    pub peer_records_dropped: Counter,
 }
 
 /// Time to first byte spans a cached short prompt (milliseconds) to a long
@@ -123,6 +128,11 @@ impl Default for Metrics {
             engine_running: Family::default(),
             engine_kv_usage: Family::default(),
             engine_scrape_errors: Family::default(),
+            peer_batches_sent: Counter::default(),
+            peer_send_errors: Counter::default(),
+            peer_records_received: Counter::default(),
+            peer_batches_rejected: Counter::default(),
+            peer_records_dropped: Counter::default(),
         }
     }
 }
@@ -200,6 +210,31 @@ impl Metrics {
             "engine_scrape_errors",
             "Engine /metrics scrapes that failed or made no sense (ignored for routing)",
             self.engine_scrape_errors.clone(),
+        );
+        r.register(
+            "peer_batches_sent",
+            "Placement batches delivered to peer routers",
+            self.peer_batches_sent.clone(),
+        );
+        r.register(
+            "peer_send_errors",
+            "Placement batches a peer router did not take (dropped)",
+            self.peer_send_errors.clone(),
+        );
+        r.register(
+            "peer_records_received",
+            "Placements learned from peer routers",
+            self.peer_records_received.clone(),
+        );
+        r.register(
+            "peer_batches_rejected",
+            "Placement batches from peers refused as malformed or incompatible",
+            self.peer_batches_rejected.clone(),
+        );
+        r.register(
+            "peer_records_dropped",
+            "Placements not queued for peers because the batch was full",
+            self.peer_records_dropped.clone(),
         );
     }
 

@@ -28,6 +28,8 @@ pub struct Shared {
     pub client: UpstreamClient,
     pub metrics: Metrics,
     pub cfg: ProxyConfig,
+    /// Placements not yet sent to peer routers.
+    pub peers: super::peers::Outbox,
 }
 
 impl Shared {
@@ -43,6 +45,7 @@ impl Shared {
             client: client(cfg.connect_timeout, cfg.upstream_h2c),
             metrics,
             cfg,
+            peers: super::peers::Outbox::default(),
         };
         shared.set_backends(&shared.cfg.backends);
         shared

@@ -291,6 +291,38 @@ impl PrefixIndex {
         dropped
     }
 
+    /// Forgets `slot`'s least recently used blocks, about `blocks` of them,
+    /// never touching `keep`'s (the prompt it is serving now). For when the
+    /// engine turned out to hold less than the index thought: what it
+    /// dropped is, as in its own LRU, what was used longest ago. The dropped
+    /// blocks count as evicted (see [`PrefixIndex::take_evicted`]). Returns
+    /// the blocks dropped.
+    pub fn shrink(&mut self, slot: Slot, keep: &PromptBlocks, blocks: usize) -> usize {
+        let Some(Some(lru)) = self.replicas.get_mut(slot as usize) else {
+            return 0;
+        };
+        let mut dropped = 0;
+        while dropped < blocks {
+            let Some((&h, _)) = lru.list.peek_lru() else {
+                break;
+            };
+            if keep.hashes.contains(&h) || keep.tail().is_some_and(|t| t.hash == h) {
+                break;
+            }
+            let Some((_, w)) = lru.list.pop_lru() else {
+                break;
+            };
+            lru.blocks -= w as usize;
+            dropped += w as usize;
+            self.evicted.push((slot, h, w));
+            detach(&mut self.entries, h, slot);
+            if !self.entries.contains_key(&h) {
+                unfile_tail(&mut self.tails, &mut self.tail_parent, h);
+            }
+        }
+        dropped
+    }
+
     /// Blocks evicted from replicas' LRUs since the last call, oldest first:
     /// `(replica, hash, weight)`.
     pub fn take_evicted(&mut self) -> Vec<(Slot, u64, u32)> {
@@ -621,6 +653,22 @@ mod tests {
         assert_eq!(ix.truncate(0, &p(&[1, 2, 3, 4]), 1), 3);
         let m = ix.lookup(&p(&[1, 2, 3, 4]), f64::INFINITY);
         assert_eq!(m.matched, vec![(0, 1), (1, 4)]);
+    }
+
+    #[test]
+    fn shrink_drops_the_oldest_blocks_but_not_the_prompt_being_served() {
+        let mut ix = PrefixIndex::new(100);
+        ix.record(0, &p(&[1, 2]));
+        ix.record(0, &p(&[7, 8]));
+        ix.record(0, &p(&[4, 5]));
+        let serving = p(&[4, 5]);
+        // Recency, oldest first: 2, 1, 8, 7, 5, 4 (a prompt's root is its most recent).
+        assert_eq!(ix.shrink(0, &serving, 4), 4, "oldest first");
+        assert_eq!(ix.lookup(&p(&[1, 2]), f64::INFINITY).blocks_for(0), 0);
+        assert_eq!(ix.lookup(&p(&[7, 8]), f64::INFINITY).blocks_for(0), 0);
+        assert_eq!(ix.shrink(0, &serving, 10), 0, "the served prompt stays");
+        assert_eq!(ix.lookup(&serving, f64::INFINITY).blocks_for(0), 2);
+        assert_eq!(ix.take_evicted().len(), 4);
     }
 
     #[test]

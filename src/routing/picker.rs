@@ -443,6 +443,15 @@ impl Router {
         Ok(decision)
     }
 
+    /// Another router sent `prompt` to `slot`: the index learns that the
+    /// replica holds it (no load is accounted: that router counts it).
+    pub fn learn(&mut self, slot: Slot, prompt: &PromptBlocks) {
+        if self.replica(slot).is_some() && !prompt.is_empty() {
+            self.index.record(slot, prompt);
+            self.spill_evicted();
+        }
+    }
+
     /// Blocks replicas' index entries lost go to those replicas' nodes.
     fn spill_evicted(&mut self) {
         let evicted = self.index.take_evicted();
@@ -527,9 +536,12 @@ impl Router {
 
     /// The engine that served `decision` reported `cached_tokens` of the
     /// prompt cached. When the index predicted far more (over twice as many
-    /// blocks, and at least 4), it forgets that replica's blocks beyond what
-    /// the engine holds and returns true (a misprediction). Tokens become
-    /// blocks at ~4 canonical bytes per token.
+    /// blocks, and at least 4), the engine evidently dropped what the index
+    /// still lists for that replica: the index drops as many of its least
+    /// recently used blocks as it overestimated (the engine's own LRU went
+    /// the same way), keeping the prompt just served, which the engine holds
+    /// again once it has computed it. Returns true on such a misprediction.
+    /// Tokens become blocks at ~4 canonical bytes per token.
     pub fn engine_feedback(
         &mut self,
         decision: &Decision,
@@ -552,7 +564,9 @@ impl Router {
         {
             return false;
         }
-        self.index.truncate(decision.replica, prompt, reported);
+        let over = predicted - reported;
+        self.index.shrink(decision.replica, prompt, over);
+        self.spill_evicted();
         true
     }
 

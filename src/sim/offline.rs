@@ -89,6 +89,12 @@ pub struct OfflineConfig {
     /// Whether kvmesh's router keeps its node tier (it needs node caches to
     /// help).
     pub node_tier: bool,
+    /// Whether routers read each answer's cached-token count and correct
+    /// their index (the proxy always does).
+    pub engine_feedback: bool,
+    /// Routers tell each other their placements this many seconds later
+    /// (None: they do not).
+    pub share_placements_s: Option<f64>,
 }
 
 impl Default for OfflineConfig {
@@ -103,6 +109,8 @@ impl Default for OfflineConfig {
             engines_per_node: 0,
             node_cache_tokens: 0,
             node_tier: true,
+            engine_feedback: true,
+            share_placements_s: None,
         }
     }
 }
@@ -204,6 +212,8 @@ impl Ord for At {
 enum Ev {
     Arrive(usize),
     Step(usize),
+    /// Request `id`'s placement reaches the other routers.
+    Learn(usize),
 }
 
 /// Runs `w` under `kind`.
@@ -307,6 +317,7 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
     let mut engine_of = vec![usize::MAX; total];
     // Each request's router instance and decision.
     let mut decisions: Vec<Option<(usize, Decision)>> = vec![None; total];
+    let mut learn_slot = vec![0u32; total];
     let mut ttft = Vec::with_capacity(total);
     let (mut cached, mut prompt) = (0u64, 0u64);
     let mut per_engine_requests = vec![0usize; n];
@@ -348,7 +359,13 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
                         match routers[k].route(&req, &[], when) {
                             Ok(d) => {
                                 let e = slot_engine.get(&d.replica).copied().unwrap_or(0);
+                                learn_slot[id] = d.replica;
                                 decisions[id] = Some((k, d));
+                                if let Some(delay) = cfg.share_placements_s
+                                    && routers.len() > 1
+                                {
+                                    push(&mut heap, now + delay, Ev::Learn(id));
+                                }
                                 e
                             }
                             Err(_) => 0,
@@ -390,6 +407,16 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
                     }
                 }
             }
+            Ev::Learn(id) => {
+                if let Placer::Router(routers) = &mut placer {
+                    let from = id % routers.len();
+                    for (j, router) in routers.iter_mut().enumerate() {
+                        if j != from {
+                            router.learn(learn_slot[id], &prep.blocks[id]);
+                        }
+                    }
+                }
+            }
             Ev::Step(e) => {
                 for event in engines[e].complete() {
                     match event {
@@ -406,6 +433,14 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
                                 (&mut placer, decisions[id].as_mut())
                             {
                                 routers[*k].first_byte(d);
+                                // As the proxy does with `usage.cached_tokens`.
+                                if cfg.engine_feedback {
+                                    routers[*k].engine_feedback(
+                                        d,
+                                        &prep.blocks[id],
+                                        cached_tokens as u64,
+                                    );
+                                }
                             }
                         }
                         Event::Token { .. } => {}
