@@ -200,7 +200,7 @@ pub enum PeerSource {
     /// A fixed list of admin addresses.
     Static(Vec<Authority>),
     /// Ready router pods matching `selector` in `namespace` (other than
-    /// `own_pod`), on `port`.
+    /// `own_pod`), on their container port named `admin`, else `port`.
     Pods {
         namespace: String,
         selector: String,
@@ -328,7 +328,7 @@ pub async fn follow(
         let peers: Vec<Authority> = pods
             .values()
             .filter(|p| own_pod.as_deref() != Some(p.name_any().as_str()))
-            .filter_map(|p| crate::discovery::pods::endpoint(p, port))
+            .filter_map(|p| crate::discovery::pods::endpoint(p, admin_port(p).unwrap_or(port)))
             .map(|b| b.authority)
             .collect();
         tx.send_if_modified(|old| {
@@ -337,6 +337,17 @@ pub async fn follow(
             changed
         });
     }
+}
+
+/// A pod's container port named `admin`.
+fn admin_port(p: &Pod) -> Option<u16> {
+    p.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|cp| cp.name.as_deref() == Some("admin"))
+        .and_then(|cp| u16::try_from(cp.container_port).ok())
 }
 
 #[cfg(test)]
