@@ -10,9 +10,11 @@
 //! Best effort: a batch that cannot be sent is dropped and counted.
 //!
 //! Wire format (little-endian): `b"KVMP"`, version `1u8`, block bytes `u32`,
-//! then records: name length `u16`, name (UTF-8), block count `u32`, hashes
-//! `u64` each, a tail flag `u8` and, if 1, tail parent `u64`, length `u16`,
-//! hash `u64`.
+//! then records: name length `u16`, name (UTF-8), block count `u32`, the
+//! hashes the index records (`u64` each, at
+//! [`PromptBlocks::indexed_positions`], which the count determines: all of a
+//! short prompt, about one in eight of a long one), a tail flag `u8` and, if
+//! 1, tail parent `u64`, length `u16`, hash `u64`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -54,7 +56,7 @@ impl Outbox {
     /// Queues one placement; false (dropped) when the batch is full.
     pub fn push(&self, replica: &str, blocks: &PromptBlocks) -> bool {
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-        let need = 2 + replica.len() + 4 + 8 * blocks.hashes.len() + 1 + 18;
+        let need = 2 + replica.len() + 4 + 8 * blocks.indexed_positions().count() + 1 + 18;
         if buf.len() + need > MAX_BATCH_BYTES || replica.len() > usize::from(u16::MAX) {
             return false;
         }
@@ -72,8 +74,8 @@ fn encode_record(buf: &mut BytesMut, replica: &str, blocks: &PromptBlocks) {
     buf.put_u16_le(replica.len() as u16);
     buf.put_slice(replica.as_bytes());
     buf.put_u32_le(blocks.hashes.len() as u32);
-    for h in &blocks.hashes {
-        buf.put_u64_le(*h);
+    for i in blocks.indexed_positions() {
+        buf.put_u64_le(blocks.hashes[i]);
     }
     match blocks.tail() {
         Some(t) => {
@@ -134,10 +136,16 @@ pub fn decode_batch(
         if n > MAX_RECORD_BLOCKS {
             return Err(format!("{n} blocks in one record"));
         }
-        if b.remaining() < n * 8 + 1 {
+        // Only the indexed positions travel; the rest stay 0 (the index
+        // never reads them).
+        let mut blocks = PromptBlocks::from_hashes(vec![0; n]);
+        let positions: Vec<usize> = blocks.indexed_positions().collect();
+        if b.remaining() < positions.len() * 8 + 1 {
             return Err(short());
         }
-        let hashes: Vec<u64> = (0..n).map(|_| b.get_u64_le()).collect();
+        for i in positions {
+            blocks.hashes[i] = b.get_u64_le();
+        }
         let tail = match b.get_u8() {
             0 => None,
             1 if b.remaining() >= 18 => Some(Tail {
@@ -148,7 +156,7 @@ pub fn decode_batch(
             1 => return Err(short()),
             f => return Err(format!("bad tail flag {f}")),
         };
-        out.push((name, PromptBlocks::from_parts(hashes, tail)));
+        out.push((name, PromptBlocks::from_parts(blocks.hashes, tail)));
     }
     Ok(out)
 }
@@ -224,6 +232,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        // Taken even with no peer to send to, so it never fills up.
         let records = shared.peers.take();
         let targets = peers.borrow().clone();
         if records.is_empty() || targets.is_empty() {
@@ -376,6 +385,16 @@ mod tests {
         assert_eq!(got[0].1.tail(), with_tail.tail());
         assert_eq!(got[1].1.hashes, vec![1, 2, 3]);
         assert_eq!(got[1].1.tail(), None);
+        // A long prompt sends only what the index records.
+        let long = PromptBlocks::from_hashes((1..=100).collect());
+        outbox.push("pod-c", &long);
+        let records = outbox.take();
+        assert!(records.len() < 8 * 40, "{} bytes", records.len());
+        let got =
+            decode_batch(&encode_batch(h.block_bytes, &records), h.block_bytes).expect("decodes");
+        let mut ix = crate::routing::PrefixIndex::new(1000);
+        ix.record(0, &got[0].1);
+        assert_eq!(ix.lookup(&long, f64::INFINITY).blocks_for(0), 100);
     }
 
     #[test]
