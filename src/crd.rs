@@ -111,7 +111,7 @@ pub struct DiskSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RouterSpec {
-    /// Router pods (each routes on its own; they agree through consistent hashing).
+    /// Router pods (each routes with its own index and tells the others its placements).
     #[serde(default = "default_router_replicas")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
