@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use http::{Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::Request;
+use http_body_util::Full;
 use tokio::sync::watch;
 
 use super::metrics::Metrics;
@@ -171,25 +171,11 @@ async fn scrape(
     authority: &http::uri::Authority,
     path: &str,
 ) -> Result<EngineLoad, String> {
-    let uri: Uri = format!("http://{authority}{path}")
-        .parse()
-        .map_err(|e| format!("bad metrics URL: {e}"))?;
-    let req = Request::get(uri)
+    let get = Request::get(path)
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
-    let resp = shared
-        .client
-        .request(req)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status()));
-    }
-    let body = Limited::new(resp.into_body(), MAX_METRICS_BYTES)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body =
+        super::forward::side_request(&shared.client, authority, get, MAX_METRICS_BYTES).await?;
     let text = std::str::from_utf8(&body).map_err(|_| "not UTF-8 text".to_string())?;
     parse_engine_metrics(text)
 }

@@ -16,20 +16,16 @@
 //! short prompt, about one in eight of a long one), a tail flag `u8` and, if
 //! 1, tail parent `u64`, length `u16`, hash `u64`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
 use futures_util::future::join_all;
 use http::uri::Authority;
-use http::{Request, StatusCode, Uri};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use super::state::Shared;
@@ -262,25 +258,13 @@ pub async fn run(
 }
 
 async fn send(shared: &Shared, peer: &Authority, batch: Bytes) -> Result<(), String> {
-    let uri: Uri = format!("http://{peer}{PLACEMENTS_PATH}")
-        .parse()
-        .map_err(|e| format!("bad peer address: {e}"))?;
-    let req = Request::post(uri)
+    let post = Request::post(PLACEMENTS_PATH)
         .header(http::header::CONTENT_TYPE, "application/octet-stream")
         .body(Full::new(batch))
         .map_err(|e| e.to_string())?;
-    let resp = shared
-        .client
-        .request(req)
+    super::forward::side_request(&shared.client, peer, post, 64 << 10)
         .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let _ = resp.into_body().collect().await;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("status {status}"))
-    }
+        .map(drop)
 }
 
 /// Keeps `tx` equal to the peers `source` names, until `stop`.
@@ -288,7 +272,7 @@ pub async fn follow(
     client: Option<Client>,
     source: PeerSource,
     tx: watch::Sender<Vec<Authority>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let (namespace, selector, port, own_pod) = match source {
         PeerSource::Static(list) => {
@@ -303,37 +287,7 @@ pub async fn follow(
         } => (namespace, selector, port, own_pod),
     };
     let Some(client) = client else { return };
-    let api: Api<Pod> = Api::namespaced(client, &namespace);
-    let cfg = watcher::Config::default().labels(&selector);
-    let mut events = watcher::watcher(api, cfg).default_backoff().boxed();
-    let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
-    let mut fresh: Option<BTreeMap<String, Pod>> = None;
-    loop {
-        let event = tokio::select! {
-            e = events.next() => e,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let Some(event) = event else { return };
-        match event {
-            Err(e) => {
-                tracing::warn!(error = %e, "router peer watch failed; retrying");
-                continue;
-            }
-            Ok(Event::Init) => fresh = Some(BTreeMap::new()),
-            Ok(Event::InitApply(p)) => {
-                if let Some(f) = fresh.as_mut() {
-                    f.insert(p.name_any(), p);
-                }
-                continue;
-            }
-            Ok(Event::InitDone) => pods = fresh.take().unwrap_or_default(),
-            Ok(Event::Apply(p)) => {
-                pods.insert(p.name_any(), p);
-            }
-            Ok(Event::Delete(p)) => {
-                pods.remove(&p.name_any());
-            }
-        }
+    crate::discovery::pods::watch_pods(client, &namespace, &selector, stop, |pods| {
         let peers: Vec<Authority> = pods
             .values()
             .filter(|p| own_pod.as_deref() != Some(p.name_any().as_str()))
@@ -345,7 +299,8 @@ pub async fn follow(
             *old = peers;
             changed
         });
-    }
+    })
+    .await;
 }
 
 /// A pod's container port named `admin`.
