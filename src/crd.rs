@@ -111,7 +111,7 @@ pub struct DiskSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RouterSpec {
-    /// Router pods (each routes on its own; they agree through consistent hashing).
+    /// Router pods (each routes with its own index and tells the others its placements).
     #[serde(default = "default_router_replicas")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
@@ -139,6 +139,13 @@ pub struct RouterSpec {
     #[serde(default = "default_session_header")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9-]*$"), length(max = 128))]
     pub session_header: String,
+    /// KV cache bytes one token takes in the served model (layers × KV heads
+    /// × head size × 2 × dtype bytes; 131072 for Llama-3-8B in fp16). With
+    /// the node cache's size it tells the router how many prefix blocks a
+    /// node's cache holds.
+    #[serde(default = "default_kv_bytes_per_token")]
+    #[schemars(range(min = 1, max = 67_108_864))]
+    pub kv_bytes_per_token: i64,
     /// Container image of the router; default: the operator's own image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -157,6 +164,7 @@ impl Default for RouterSpec {
             load_factor: default_load_factor(),
             index_capacity_blocks: default_index_capacity(),
             session_header: default_session_header(),
+            kv_bytes_per_token: default_kv_bytes_per_token(),
             image: None,
             resources: None,
         }
@@ -246,6 +254,9 @@ fn default_load_factor() -> f64 {
 }
 fn default_index_capacity() -> i64 {
     32_768
+}
+fn default_kv_bytes_per_token() -> i64 {
+    131_072
 }
 fn default_session_header() -> String {
     "x-session-id".into()

@@ -204,6 +204,8 @@ async fn a_pool_chooses_the_pods_and_its_settings_apply_live() {
         r.replicas()
     );
     assert_eq!(r.routing().load_factor, 3.0);
+    // 8Gi of node cache ÷ (16 tokens × 128 KiB per token) = 4096 blocks.
+    assert_eq!(r.routing().node_capacity_blocks, 4096);
     assert_eq!(
         served_by(r.addr, 5).await,
         HashSet::from(["vllm-0".to_string()])
@@ -278,5 +280,97 @@ async fn an_inference_pool_chooses_the_pods() {
         HashSet::from(["vllm-0".to_string()])
     );
     r.shutdown().await;
+    every_call_is_granted(&api);
+}
+
+/// A ready router pod of pool `llama` whose admin port is `admin`.
+fn router_pod(name: &str, admin: u16) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {
+            "app.kubernetes.io/name": "kvmesh",
+            "app.kubernetes.io/instance": "llama",
+            "app.kubernetes.io/component": "router",
+        }},
+        "spec": {"containers": [{"name": "router", "image": "kvmesh",
+            "ports": [{"name": "admin", "containerPort": admin}]}]},
+        "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pools_router_replicas_find_each_other_and_share_placements() {
+    let api = ApiDouble::start().await;
+    let mut engines = Vec::new();
+    let first = TestBackend::start(Mode::Json).await;
+    let port = first.addr.port();
+    engines.push(first);
+    for i in 2..=4 {
+        let addr = format!("127.0.0.{i}:{port}").parse().expect("addr");
+        engines.push(TestBackend::start_on(addr, Mode::Json).await);
+    }
+    for i in 0..4 {
+        api.put(
+            "v1",
+            "pods",
+            pod(
+                &format!("vllm-{i}"),
+                &format!("127.0.0.{}", i + 1),
+                "vllm",
+                true,
+            ),
+        );
+    }
+    api.put("kvmesh.io/v1alpha1", "kvcachepools", kvp("vllm", port, 5.0));
+    let a = router_with(
+        &api,
+        &["--pool", "inference/llama", "--pod-name", "router-a"],
+    )
+    .await;
+    let b = router_with(
+        &api,
+        &["--pool", "inference/llama", "--pod-name", "router-b"],
+    )
+    .await;
+    api.put("v1", "pods", router_pod("router-a", a.admin_addr.port()));
+    api.put("v1", "pods", router_pod("router-b", b.admin_addr.port()));
+    for r in [&a, &b] {
+        assert!(eventually(Duration::from_secs(10), || r.replicas().len() == 4).await);
+    }
+    let c = client();
+    let doc = |i: usize| {
+        json!({"model": "m", "prompt": format!("doc {i}: {}", "lorem ipsum dolor ".repeat(30))})
+            .to_string()
+    };
+    let mut placed = Vec::new();
+    for i in 0..8 {
+        let (status, h, _) = post(&c, a.addr, "/v1/completions", doc(i), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        placed.push(h[REPLICA_HEADER].to_str().expect("ascii").to_string());
+    }
+    let admin_b = b.admin_addr;
+    let mut learned = false;
+    for _ in 0..200 {
+        let page = get(&c, &format!("http://{admin_b}/metrics")).await.1;
+        if page.contains("kvmesh_router_peer_records_received_total 8") {
+            learned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(learned, "router-b never learned router-a's placements");
+    // router-a is not its own peer: it received nothing back.
+    let page_a = get(&c, &format!("http://{}/metrics", a.admin_addr)).await.1;
+    assert!(
+        page_a.contains("kvmesh_router_peer_records_received_total 0"),
+        "{page_a}"
+    );
+    for (i, where_a) in placed.iter().enumerate() {
+        let (_, h, _) = post(&c, b.addr, "/v1/completions", doc(i), &[]).await;
+        assert_eq!(h[REPLICA_HEADER].to_str().expect("ascii"), where_a);
+        assert_eq!(h[kvmesh::proxy::REASON_HEADER], "warm");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
     every_call_is_granted(&api);
 }

@@ -23,6 +23,7 @@ fn args(identity: &str) -> OperatorArgs {
         admin_listen: "127.0.0.1:0".parse().expect("addr"),
         image: "kvmesh:test".into(),
         cluster_domain: "cluster.local".into(),
+        router_cluster_role: "kvmesh-router".into(),
         lease_name: "kvmesh-operator".into(),
         lease_namespace: "kvmesh-system".into(),
         identity: identity.into(),

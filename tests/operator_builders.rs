@@ -9,6 +9,7 @@ fn settings() -> BuildSettings {
     BuildSettings {
         default_image: "ghcr.io/kvmesh/kvmesh:0.1.0".into(),
         cluster_domain: "cluster.local".into(),
+        router_cluster_role: "kvmesh-router".into(),
     }
 }
 
@@ -277,4 +278,14 @@ fn specs_the_schema_cannot_check_are_refused_with_the_field() {
         build(&p, &settings()),
         Err(SpecError::NameTooLong(_))
     ));
+}
+
+#[test]
+fn the_router_binding_names_the_cluster_role_the_operator_was_given() {
+    let s = BuildSettings {
+        router_cluster_role: "team-a-kvmesh-router".into(),
+        ..settings()
+    };
+    let d = build(&pool(serde_json::json!({})), &s).expect("builds");
+    assert_eq!(d.router_binding.role_ref.name, "team-a-kvmesh-router");
 }

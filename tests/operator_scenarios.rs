@@ -36,6 +36,7 @@ fn context() -> (Arc<Context>, ApiHandle) {
     let settings = BuildSettings {
         default_image: "kvmesh:test".into(),
         cluster_domain: "cluster.local".into(),
+        router_cluster_role: "kvmesh-router".into(),
     };
     (
         Arc::new(Context::new(client, settings, OperatorMetrics::default())),

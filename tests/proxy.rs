@@ -610,26 +610,34 @@ async fn an_engine_reporting_no_cached_tokens_loses_its_stale_index_entries() {
     .await;
     let router = router(&refs(&b), &[]).await;
     let c = client();
-    let body = chat(
-        "m",
-        &[
-            ("system", &SYSTEM.repeat(6)),
-            ("user", "Same question every time"),
-        ],
-    );
+    let ask = |topic: &str| {
+        chat(
+            "m",
+            &[
+                ("system", &format!("{topic}: {}", SYSTEM.repeat(6))),
+                ("user", "Same question every time"),
+            ],
+        )
+    };
+    let (old, served) = (ask("old"), ask("new"));
     let blocks = |h: &http::HeaderMap| h[PREFIX_BLOCKS_HEADER].to_str().expect("ascii").to_string();
-    let (_, h1, _) = post(&c, router.addr, "/v1/chat/completions", body.clone(), &[]).await;
-    assert!(blocks(&h1).starts_with("0/"));
-    // The index predicts a full hit; the engine says it had nothing cached.
-    let (_, h2, _) = post(&c, router.addr, "/v1/chat/completions", body.clone(), &[]).await;
-    let (m, t) = blocks(&h2)
+    for body in [&old, &served] {
+        let (_, h, _) = post(&c, router.addr, "/v1/chat/completions", body.clone(), &[]).await;
+        assert!(blocks(&h).starts_with("0/"));
+    }
+    // The index predicts a full hit; the engine says it had nothing cached:
+    // it dropped what the index still lists, oldest first.
+    let (_, h, _) = post(&c, router.addr, "/v1/chat/completions", served.clone(), &[]).await;
+    let (m, t) = blocks(&h)
         .split_once('/')
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .expect("m/t");
     assert_eq!(m, t, "predicted a full hit");
-    // So the next prediction starts from scratch, and the metric says why.
-    let (_, h3, _) = post(&c, router.addr, "/v1/chat/completions", body, &[]).await;
-    assert!(blocks(&h3).starts_with("0/"), "{}", blocks(&h3));
+    // So the index drops as many of its oldest blocks as it overestimated
+    // (12, the older prompt's tail entry first, then 11 of its 12 blocks);
+    // the prompt just computed stays (the engine holds it again).
+    let (_, h, _) = post(&c, router.addr, "/v1/chat/completions", old, &[]).await;
+    assert_eq!(blocks(&h), "1/12", "stale entries kept");
     let (_, metrics) = get(&c, &format!("http://{}/metrics", router.admin_addr)).await;
     let line = format!(
         "kvmesh_router_prefix_mispredictions_total{{replica=\"{}\"}} 1",
@@ -637,4 +645,133 @@ async fn an_engine_reporting_no_cached_tokens_loses_its_stale_index_entries() {
     );
     assert!(metrics.contains(&line), "{metrics}");
     router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_reporting_a_deep_queue_gets_fewer_requests_and_garbage_metrics_are_ignored() {
+    let b = backends(3, Mode::Json).await;
+    *b[0].metrics.lock().expect("lock") = "# TYPE vllm:num_requests_waiting gauge\n\
+        vllm:num_requests_waiting{model_name=\"m\"} 60\n\
+        vllm:num_requests_running{model_name=\"m\"} 16\n\
+        vllm:kv_cache_usage_perc{model_name=\"m\"} 0.97\n"
+        .to_string();
+    *b[1].metrics.lock().expect("lock") =
+        "<html><body>vllm:num_requests_waiting lots</body></html>".to_string();
+    // b[2] answers /metrics with 404.
+    let router = router(&refs(&b), &["--engine-scrape-interval", "100ms"]).await;
+    let c = client();
+    let admin = router.admin_addr;
+    let (deep, garbage, missing) = (&b[0].name, &b[1].name, &b[2].name);
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = get(&c, &format!("http://{admin}/metrics")).await.1;
+        if page.contains(&format!(
+            "kvmesh_router_engine_queue_depth{{replica=\"{deep}\"}} 60"
+        )) && page.contains(&format!(
+            "kvmesh_router_engine_scrape_errors_total{{replica=\"{garbage}\"}}"
+        )) && page.contains(&format!(
+            "kvmesh_router_engine_scrape_errors_total{{replica=\"{missing}\"}}"
+        )) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        page.contains(&format!(
+            "kvmesh_router_engine_kv_usage_ratio{{replica=\"{deep}\"}} 0.97"
+        )),
+        "{page}"
+    );
+    assert!(
+        !page.contains(&format!(
+            "kvmesh_router_engine_queue_depth{{replica=\"{garbage}\"}}"
+        )),
+        "garbage became a load:\n{page}"
+    );
+    for i in 0..90 {
+        let body = serde_json::json!({"model": "m", "prompt": format!("question {i}: {}", "lorem ipsum ".repeat(8))}).to_string();
+        let (status, _, _) = post(&c, router.addr, "/v1/completions", body, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let counts: Vec<usize> = b.iter().map(TestBackend::count).collect();
+    assert!(counts[0] < 9, "the deep queue took {counts:?}");
+    assert!(
+        counts[1] > 25 && counts[2] > 25,
+        "engines with bad metrics were penalised: {counts:?}"
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_learns_its_peers_placements_and_refuses_garbage_batches() {
+    let b = backends(4, Mode::Json).await;
+    // B first, so A can name B's admin port as its peer.
+    let router_b = router(&refs(&b), &["--peer-sync-interval", "0"]).await;
+    let peer = format!("http://{}", router_b.admin_addr);
+    let router_a = router(
+        &refs(&b),
+        &["--peer", &peer, "--peer-sync-interval", "50ms"],
+    )
+    .await;
+    let c = client();
+    let prompts: Vec<String> = (0..12)
+        .map(|i| {
+            serde_json::json!({"model": "m", "prompt": format!("document {i}: {}", "lorem ipsum dolor ".repeat(30))})
+                .to_string()
+        })
+        .collect();
+    let mut placed = Vec::new();
+    for p in &prompts {
+        let (status, h, _) = post(&c, router_a.addr, "/v1/completions", p.clone(), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        placed.push(replica_of(&h));
+    }
+    let admin_b = router_b.admin_addr;
+    let mut learned = false;
+    for _ in 0..100 {
+        let page = get(&c, &format!("http://{admin_b}/metrics")).await.1;
+        if page.contains("kvmesh_router_peer_records_received_total 12") {
+            learned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(learned, "router B never learned A's 12 placements");
+    for (p, where_a) in prompts.iter().zip(&placed) {
+        let (_, h, _) = post(&c, router_b.addr, "/v1/completions", p.clone(), &[]).await;
+        assert_eq!(
+            &replica_of(&h),
+            where_a,
+            "B sent a prompt A placed elsewhere"
+        );
+        assert_eq!(h[REASON_HEADER], "warm");
+    }
+    // A batch that is not one: 400, counted, B still routes.
+    let resp = c
+        .request(
+            http::Request::post(format!("http://{admin_b}/kvmesh/v1/placements"))
+                .body(http_body_util::Full::new(Bytes::from_static(
+                    b"KVMP\x01garbage",
+                )))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let page = get(&c, &format!("http://{admin_b}/metrics")).await.1;
+    assert!(
+        page.contains("kvmesh_router_peer_batches_rejected_total 1"),
+        "{page}"
+    );
+    let (status, _, _) = post(
+        &c,
+        router_b.addr,
+        "/v1/completions",
+        prompts[0].clone(),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    router_a.shutdown().await;
+    router_b.shutdown().await;
 }

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use kvmesh::routing::picker::{RouteRequest, load_bound};
+use kvmesh::routing::picker::{EngineLoad, RouteRequest, load_bound};
 use kvmesh::routing::{
-    BlockHasher, Policy, PromptBlocks, Reason, RouteError, Router, RoutingConfig,
+    BlockHasher, Decision, Policy, PromptBlocks, Reason, RouteError, Router, RoutingConfig,
 };
 use proptest::prelude::*;
 
@@ -509,4 +509,170 @@ fn an_attempt_that_outlives_its_replica_does_not_touch_the_one_that_took_its_slo
         .expect("route");
     assert_eq!(r.status(now)[0].in_flight, 1);
     r.finish(&mut again);
+}
+
+/// Routes `prompt` (finishing at once) and returns the decision.
+fn route_once(r: &mut Router, prompt: &PromptBlocks, exclude: &[u32], now: Instant) -> Decision {
+    let mut d = r
+        .route(
+            &RouteRequest {
+                blocks: prompt,
+                session: None,
+            },
+            exclude,
+            now,
+        )
+        .expect("route");
+    r.finish(&mut d);
+    d
+}
+
+/// Three replicas, two on node "n1", one on "n2"; each replica's index holds
+/// about 40 blocks, each node `node_blocks`.
+fn noded_router(node_blocks: usize) -> Router {
+    let mut r = Router::new(RoutingConfig {
+        index_capacity_blocks: 40,
+        node_capacity_blocks: node_blocks,
+        ..RoutingConfig::default()
+    });
+    r.set_members(&[("a", Some("n1")), ("b", Some("n1")), ("c", Some("n2"))]);
+    r
+}
+
+#[test]
+fn after_a_replicas_entries_are_evicted_its_prefix_goes_to_a_sibling_on_its_node() {
+    let now = Instant::now();
+    for node_tier in [true, false] {
+        let mut r = noded_router(if node_tier { 10_000 } else { 0 });
+        let doc = hashes(&format!("the document {}", "lorem ipsum ".repeat(120)));
+        let first = route_once(&mut r, &doc, &[], now);
+        let home = first.replica;
+        let name = r.name_of(home).expect("name").to_string();
+        // Other traffic on the same replica pushes the document out of its index.
+        let others: Vec<u32> = ["a", "b", "c"]
+            .iter()
+            .filter_map(|n| r.slot_of(n))
+            .filter(|s| *s != home)
+            .collect();
+        for i in 0..20 {
+            let other = hashes(&format!("other {i} {}", "dolor sit amet ".repeat(40)));
+            assert_eq!(route_once(&mut r, &other, &others, now).replica, home);
+        }
+        assert_eq!(r.index().lookup(&doc, f64::INFINITY).blocks_for(home), 0);
+        // The home replica cannot take it (as on a retry): a sibling on the
+        // same node can load it from the node cache.
+        let d = route_once(&mut r, &doc, &[home], now);
+        let node_of = |n: &str| if n == "c" { "n2" } else { "n1" };
+        if node_tier {
+            assert_eq!(d.reason, Reason::Node, "home {name}");
+            assert_eq!(node_of(r.name_of(d.replica).expect("name")), node_of(&name));
+            assert!(d.matched_blocks > 0);
+        } else {
+            assert_eq!(
+                d.reason,
+                Reason::Cold,
+                "without the node tier it is a cold miss"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_removed_replicas_blocks_stay_findable_on_its_node() {
+    let now = Instant::now();
+    let mut r = noded_router(10_000);
+    let doc = hashes(&"a long shared document ".repeat(40));
+    let home = route_once(&mut r, &doc, &[], now).replica;
+    let name = r.name_of(home).expect("name").to_string();
+    let node = |n: &str| if n == "c" { Some("n2") } else { Some("n1") };
+    let rest: Vec<(&str, Option<&str>)> = ["a", "b", "c"]
+        .into_iter()
+        .filter(|n| *n != name)
+        .map(|n| (n, node(n)))
+        .collect();
+    assert!(r.set_members(&rest));
+    let d = route_once(&mut r, &doc, &[], now);
+    assert_eq!(d.reason, Reason::Node);
+    assert_eq!(node(r.name_of(d.replica).expect("name")), node(&name));
+}
+
+#[test]
+fn a_deleted_replicas_cold_keys_move_to_ring_successors_only() {
+    let now = Instant::now();
+    let names: Vec<String> = (0..5).map(|i| format!("pod-{i}")).collect();
+    let mut r = router(0, Policy::Kvmesh);
+    r.set_replicas(&names);
+    let prompts: Vec<PromptBlocks> = (0..300)
+        .map(|i| hashes(&format!("prompt number {i} with its own text")))
+        .collect();
+    let before: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let d = route_once(&mut r, p, &[], now);
+            r.name_of(d.replica).expect("name").to_string()
+        })
+        .collect();
+    let gone = "pod-2";
+    assert!(
+        before.iter().any(|n| n == gone),
+        "the deleted pod held keys"
+    );
+    let rest: Vec<String> = names.iter().filter(|n| *n != gone).cloned().collect();
+    r.set_replicas(&rest);
+    // Where a router that never knew pod-2 puts each key: its ring successor.
+    let mut fresh = router(0, Policy::Kvmesh);
+    fresh.set_replicas(&rest);
+    let mut moved = 0;
+    for (p, was) in prompts.iter().zip(&before) {
+        let d = route_once(&mut r, p, &[], now);
+        let now_on = r.name_of(d.replica).expect("name").to_string();
+        if was == gone {
+            let successor = route_once(&mut fresh, p, &[], now).replica;
+            assert_eq!(now_on, fresh.name_of(successor).expect("name"));
+            moved += 1;
+        } else {
+            assert_eq!(&now_on, was, "a key on a surviving pod moved");
+        }
+    }
+    assert!(moved > 20, "{moved} keys moved");
+}
+
+#[test]
+fn a_replica_whose_engine_reports_a_deep_queue_gets_fewer_requests() {
+    let start = Instant::now();
+    let mut r = router(4, Policy::Kvmesh);
+    let deep = r.slot_of("engine-0").expect("slot");
+    let load = EngineLoad {
+        running: 16,
+        waiting: 40,
+        kv_usage: Some(0.9),
+    };
+    r.engine_load(deep, Some(load), start);
+    let count = |r: &mut Router, from: usize, now: Instant| {
+        (from..from + 200)
+            .filter(|i| {
+                let p = hashes(&format!(
+                    "{i}: a new question {}",
+                    "of some length ".repeat(8)
+                ));
+                route_once(r, &p, &[], now).replica == deep
+            })
+            .count()
+    };
+    let busy = count(&mut r, 0, start);
+    assert!(busy < 10, "the deep queue took {busy} of 200");
+    assert_eq!(
+        r.status(start)[deep as usize].engine,
+        Some(load),
+        "the signal is visible while fresh"
+    );
+    // Once the report is stale (the scrapes stopped), local counts rule again.
+    let later = start + r.config().engine_signal_ttl + Duration::from_secs(1);
+    let share = count(&mut r, 1000, later);
+    assert!(share > 25, "after the signal expired: {share} of 200");
+    // A failed scrape clears it at once.
+    r.engine_load(deep, Some(load), later);
+    r.engine_load(deep, None, later);
+    let share = count(&mut r, 2000, later);
+    assert!(share > 25, "after a failed scrape: {share} of 200");
 }

@@ -158,9 +158,40 @@ pub struct BenchArgs {
         default_value_t = 1.05
     )]
     pub cold_footprint_factor: f64,
+    /// Offline: `c` of the bound new prefixes are placed under (see
+    /// `kvmesh router --help`).
+    #[arg(long, env = "KVMESH_BENCH_COLD_LOAD_FACTOR", default_value_t = 1.0)]
+    pub cold_load_factor: f64,
     /// Offline: kvmesh's hot prefix share (0 = 1/engines).
     #[arg(long, env = "KVMESH_BENCH_HOT_PREFIX_SHARE", default_value_t = 0.0)]
     pub hot_prefix_share: f64,
+    /// Offline: kvmesh router instances, each with its own index; requests
+    /// go through them in turn (as a Service spreads clients).
+    #[arg(long, env = "KVMESH_BENCH_ROUTERS", default_value_t = 1)]
+    pub routers: usize,
+    /// Offline: every this many virtual seconds, routers read each engine's
+    /// running and queued requests (0 = engine signals off).
+    #[arg(long, env = "KVMESH_BENCH_ENGINE_SCRAPE", default_value_t = 5.0)]
+    pub engine_scrape: f64,
+    /// Offline: with several routers, each tells the others its placements
+    /// this many virtual seconds later (0 = never; the router's
+    /// `--peer-sync-interval` is 250ms).
+    #[arg(long, env = "KVMESH_BENCH_PEER_SYNC", default_value_t = 0.25)]
+    pub peer_sync: f64,
+    /// Offline: engines per node sharing one node cache (0 = no node caches).
+    #[arg(long, env = "KVMESH_BENCH_ENGINES_PER_NODE", default_value_t = 0)]
+    pub engines_per_node: usize,
+    /// Offline: each node cache's size, in tokens of KV.
+    #[arg(
+        long,
+        env = "KVMESH_BENCH_NODE_CACHE_TOKENS",
+        default_value_t = 1_600_000
+    )]
+    pub node_cache_tokens: usize,
+    /// Offline: kvmesh's node tier (routing to a node whose cache holds the
+    /// prefix); `false` keeps node caches but routes without them.
+    #[arg(long, env = "KVMESH_BENCH_NODE_TIER", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub node_tier: bool,
     /// Online: base URL to replay against; repeat to compare several
     /// (`NAME=URL` names a run).
     #[arg(long = "target", env = "KVMESH_BENCH_TARGETS", value_delimiter = ',')]
@@ -312,9 +343,24 @@ pub fn offline(args: &BenchArgs) -> Result<Vec<PolicyResult>, BenchError> {
                 .ok_or_else(|| BenchError::Usage(format!("unknown policy {p:?}")))
         })
         .collect::<Result<_, _>>()?;
-    if args.engines == 0 || args.cache_tokens == 0 {
+    if args.engines == 0 || args.cache_tokens == 0 || args.routers == 0 {
         return Err(BenchError::Usage(
-            "--engines and --cache-tokens must be at least 1".into(),
+            "--engines, --cache-tokens and --routers must be at least 1".into(),
+        ));
+    }
+    if !(args.cold_load_factor >= 1.0 && args.cold_load_factor.is_finite()) {
+        return Err(BenchError::Usage(
+            "--cold-load-factor must be a number ≥ 1".into(),
+        ));
+    }
+    if !(args.peer_sync.is_finite() && args.peer_sync >= 0.0) {
+        return Err(BenchError::Usage(
+            "--peer-sync must be a number of seconds ≥ 0".into(),
+        ));
+    }
+    if !(args.engine_scrape.is_finite() && args.engine_scrape >= 0.0) {
+        return Err(BenchError::Usage(
+            "--engine-scrape must be a number of seconds ≥ 0".into(),
         ));
     }
     let started = Instant::now();
@@ -343,8 +389,16 @@ pub fn offline(args: &BenchArgs) -> Result<Vec<PolicyResult>, BenchError> {
             queue_weight: args.queue_weight,
             cold_footprint_factor: args.cold_footprint_factor,
             hot_prefix_share: args.hot_prefix_share,
+            cold_load_factor: args.cold_load_factor,
             ..RoutingConfig::default()
         },
+        routers: args.routers,
+        engine_scrape_s: (args.engine_scrape > 0.0).then_some(args.engine_scrape),
+        engines_per_node: args.engines_per_node,
+        node_cache_tokens: args.node_cache_tokens,
+        node_tier: args.node_tier,
+        engine_feedback: true,
+        share_placements_s: (args.peer_sync > 0.0).then_some(args.peer_sync),
     };
     let mut results = Vec::new();
     for kind in kinds {
@@ -365,6 +419,7 @@ pub fn offline(args: &BenchArgs) -> Result<Vec<PolicyResult>, BenchError> {
                 report::pct(r.hit_rate),
                 report::pct(r.bound_share),
                 format!("{:.2}M", r.prefill_tokens as f64 / 1e6),
+                report::pct(r.node_hit_rate),
                 report::ms(r.ttft_mean_s),
                 report::ms(r.ttft_p50_s),
                 report::ms(r.ttft_p99_s),
@@ -385,6 +440,7 @@ pub fn offline(args: &BenchArgs) -> Result<Vec<PolicyResult>, BenchError> {
                 "hit rate",
                 "of bound",
                 "prefill tok",
+                "node hit",
                 "TTFT mean ms",
                 "p50 ms",
                 "p99 ms",

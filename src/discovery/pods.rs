@@ -37,6 +37,15 @@ pub fn selector_string(s: &LabelSelector) -> String {
     parts.join(",")
 }
 
+/// `k=v,…` for exact-match labels.
+pub fn labels_string(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A pod that can take requests: Ready, with an IP, not terminating. The
 /// router's replicas and the operator's endpoint count both use this.
 pub fn pod_serves(p: &Pod) -> bool {
@@ -69,16 +78,18 @@ pub fn endpoint(pod: &Pod, port: u16) -> Option<Backend> {
     })
 }
 
-/// Watches `source`'s pods and keeps `shared`'s replica set equal to the
-/// ready ones, until `stop` turns true. Watch errors back off and retry.
-pub async fn run(
+/// Watches the pods `selector` picks in `namespace` until `stop` turns
+/// true, calling `changed` with all of them after every change (a full
+/// relist replaces the set at once). Watch errors back off and retry.
+pub async fn watch_pods(
     client: Client,
-    source: PodSource,
-    shared: Arc<Shared>,
+    namespace: &str,
+    selector: &str,
     mut stop: watch::Receiver<bool>,
+    mut changed: impl FnMut(&BTreeMap<String, Pod>),
 ) {
-    let api: Api<Pod> = Api::namespaced(client, &source.namespace);
-    let config = watcher::Config::default().labels(&source.selector);
+    let api: Api<Pod> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().labels(selector);
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
     let mut fresh: Option<BTreeMap<String, Pod>> = None;
@@ -90,7 +101,7 @@ pub async fn run(
         let Some(event) = event else { break };
         match event {
             Err(e) => {
-                tracing::warn!(error = %e, namespace = %source.namespace, selector = %source.selector, "pod watch failed; retrying");
+                tracing::warn!(error = %e, %namespace, %selector, "pod watch failed; retrying");
                 continue;
             }
             Ok(Event::Init) => fresh = Some(BTreeMap::new()),
@@ -108,6 +119,19 @@ pub async fn run(
                 pods.remove(&p.name_any());
             }
         }
+        changed(&pods);
+    }
+}
+
+/// Keeps `shared`'s replica set equal to the ready pods of `source`, until
+/// `stop` turns true.
+pub async fn run(
+    client: Client,
+    source: PodSource,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    watch_pods(client, &source.namespace, &source.selector, stop, |pods| {
         let backends: Vec<Backend> = pods
             .values()
             .filter_map(|p| endpoint(p, source.port))
@@ -119,5 +143,6 @@ pub async fn run(
                 tracing::info!(replicas = backends.len(), "replica set changed");
             }
         }
-    }
+    })
+    .await;
 }

@@ -27,8 +27,29 @@ pub fn settings(pool: &KvCachePool, base: &RoutingConfig) -> RoutingConfig {
         },
         load_factor: r.load_factor.max(1.0),
         index_capacity_blocks: usize::try_from(r.index_capacity_blocks).unwrap_or(1).max(1),
+        node_capacity_blocks: node_capacity_blocks(pool),
         ..base.clone()
     }
+}
+
+/// How many prefix blocks one node's cache holds: its memory and disk over
+/// the KV bytes of one block (`blockBytes` of prompt ≈ `blockBytes / 4`
+/// tokens, each `kvBytesPerToken`). 0 if the sizes do not parse.
+pub fn node_capacity_blocks(pool: &KvCachePool) -> usize {
+    use crate::operator::quantity::bytes;
+    let nc = &pool.spec.node_cache;
+    let memory = bytes(&nc.memory.0).unwrap_or(0);
+    let disk = nc
+        .disk
+        .as_ref()
+        .map_or(0, |d| bytes(&d.size.0).unwrap_or(0));
+    let r = &pool.spec.router;
+    let tokens_per_block = (u64::try_from(r.block_bytes).unwrap_or(64)
+        / crate::routing::config::BYTES_PER_TOKEN)
+        .max(1);
+    let block_kv =
+        tokens_per_block.saturating_mul(u64::try_from(r.kv_bytes_per_token).unwrap_or(1).max(1));
+    usize::try_from(memory.saturating_add(disk) / block_kv).unwrap_or(usize::MAX)
 }
 
 /// The pods a pool selects.

@@ -10,10 +10,10 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateDaemonSet,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
-    HostPathVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,7 +24,8 @@ use kube::{Resource, ResourceExt};
 use super::quantity::{BadQuantity, bytes};
 use crate::crd::KvCachePool;
 
-/// The ClusterRole (installed by the chart) each pool's router is bound to.
+/// The default name of the ClusterRole (installed by the chart) each pool's
+/// router is bound to; `--router-cluster-role` names another.
 pub const ROUTER_CLUSTER_ROLE: &str = "kvmesh-router";
 /// Where the node cache keeps its disk tier inside the container.
 pub const CACHE_DIR: &str = "/var/lib/kvmesh/cache";
@@ -42,6 +43,9 @@ pub struct BuildSettings {
     pub default_image: String,
     /// The cluster's DNS domain (`cluster.local`).
     pub cluster_domain: String,
+    /// The ClusterRole each router's RoleBinding refers to
+    /// ([`ROUTER_CLUSTER_ROLE`] unless the chart names its own).
+    pub router_cluster_role: String,
 }
 
 /// Why a pool cannot be built (what the schema cannot catch).
@@ -190,7 +194,7 @@ pub fn build(pool: &KvCachePool, s: &BuildSettings) -> Result<Desired, SpecError
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "ClusterRole".into(),
-            name: ROUTER_CLUSTER_ROLE.into(),
+            name: s.router_cluster_role.clone(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
@@ -444,6 +448,18 @@ fn router_deployment(
             "--admin-listen".into(),
             format!("0.0.0.0:{}", r.admin_port),
         ]),
+        // Its own pod is not one of its peers (placement sharing).
+        env: Some(vec![EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
         ports: Some(vec![
             container_port("http", r.port),
             container_port("admin", r.admin_port),

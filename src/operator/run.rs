@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::builders::BuildSettings;
+use super::builders::{BuildSettings, ROUTER_CLUSTER_ROLE};
 use super::controller::{Context, run_controller};
 use super::leader::Elector;
 use super::metrics::OperatorMetrics;
@@ -37,6 +37,9 @@ pub struct OperatorArgs {
     /// The cluster's DNS domain (for the URLs in pool status).
     #[arg(long, env = "KVMESH_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// The ClusterRole (installed by the chart) bound to each pool's router.
+    #[arg(long, env = "KVMESH_ROUTER_CLUSTER_ROLE", default_value = ROUTER_CLUSTER_ROLE)]
+    pub router_cluster_role: String,
     /// Name of the leader-election Lease.
     #[arg(long, env = "KVMESH_LEASE_NAME", default_value = "kvmesh-operator")]
     pub lease_name: String,
@@ -67,6 +70,7 @@ pub enum OperatorError {
 /// `kvmesh operator`, with the Kubernetes client from the environment
 /// (in-cluster service account or kubeconfig).
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
+    let stop_signal = crate::telemetry::shutdown_signal();
     let client = Client::try_default().await.map_err(OperatorError::Client)?;
     let admin = TcpListener::bind(args.admin_listen)
         .await
@@ -76,7 +80,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         })?;
     let (stop_tx, stop) = watch::channel(false);
     let running = tokio::spawn(operate(client, args, admin, stop));
-    crate::telemetry::shutdown_signal().await;
+    stop_signal.await;
     tracing::info!("shutdown requested");
     let _ = stop_tx.send(true);
     let _ = running.await;
@@ -124,6 +128,7 @@ pub async fn operate(
     let settings = BuildSettings {
         default_image: args.image.clone(),
         cluster_domain: args.cluster_domain.clone(),
+        router_cluster_role: args.router_cluster_role.clone(),
     };
     let ctx = Arc::new(Context::new(client, settings, metrics.clone()));
     loop {

@@ -26,6 +26,10 @@ pub async fn handle(
             shared.refresh_gauges();
             metrics(&registry)
         }
+        super::peers::PLACEMENTS_PATH => {
+            let (status, body) = super::peers::receive(&shared, req).await;
+            text(status, body)
+        }
         _ => not_found(),
     })
 }

@@ -73,6 +73,12 @@ pub struct RouterArgs {
     /// multiple of the mean (0 = off).
     #[arg(long, env = "KVMESH_COLD_FOOTPRINT_FACTOR", default_value_t = 1.05)]
     pub cold_footprint_factor: f64,
+    /// `c` of the bound new prefixes are placed under: 1 = only replicas at
+    /// or below the mean load take them. With several router replicas that
+    /// do not share placements (`--peer-sync-interval 0`), set it to the load
+    /// factor so they agree (docs/benchmarks.md).
+    #[arg(long, env = "KVMESH_COLD_LOAD_FACTOR", default_value_t = 1.0)]
+    pub cold_load_factor: f64,
     /// Request header whose value pins a session to a replica (ring key).
     #[arg(long, env = "KVMESH_SESSION_HEADER", default_value = "x-session-id")]
     pub session_header: String,
@@ -115,6 +121,31 @@ pub struct RouterArgs {
     /// Speak HTTP/2 without TLS (h2c, prior knowledge) to backends.
     #[arg(long, env = "KVMESH_UPSTREAM_H2C", value_parser = clap::builder::BoolishValueParser::new())]
     pub upstream_h2c: bool,
+    /// Scrape each replica's own metrics (vLLM/SGLang queue and running
+    /// counts) into the load bound; `false` routes on local counts alone.
+    #[arg(long, env = "KVMESH_ENGINE_SIGNALS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub engine_signals: bool,
+    /// How often engines' metrics are scraped.
+    #[arg(long, env = "KVMESH_ENGINE_SCRAPE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub engine_scrape_interval: Duration,
+    /// Path of the engines' Prometheus metrics.
+    #[arg(long, env = "KVMESH_ENGINE_METRICS_PATH", default_value = "/metrics")]
+    pub engine_metrics_path: String,
+    /// Peer routers' admin addresses (`http://host:port`, repeat or
+    /// comma-separate) to share placements with. With `--pool`, the pool's
+    /// other router pods are found by themselves.
+    #[arg(long = "peer", env = "KVMESH_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// How often placements are sent to peer routers (0 = never).
+    #[arg(long, env = "KVMESH_PEER_SYNC_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub peer_sync_interval: Duration,
+    /// This router's pod name (its own pod is not a peer).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Blocks each node's cache holds (node tier bound; 0 = off). With
+    /// `--pool`, the pool's node cache size decides.
+    #[arg(long, env = "KVMESH_NODE_CACHE_BLOCKS", default_value_t = 0)]
+    pub node_cache_blocks: usize,
 }
 
 /// One inference backend.
@@ -182,6 +213,13 @@ pub struct ProxyConfig {
     pub retries: usize,
     pub drain_timeout: Duration,
     pub upstream_h2c: bool,
+    /// Scrape engines' metrics this often (None: engine signals off).
+    pub engine_scrape_interval: Option<Duration>,
+    /// Send placements to peers this often (None: never).
+    pub peer_sync_interval: Option<Duration>,
+    /// Where peer routers are.
+    pub peer_source: Option<super::peers::PeerSource>,
+    pub engine_metrics_path: String,
 }
 
 /// Pods that form the replica set.
@@ -201,12 +239,20 @@ pub enum ConfigError {
     DuplicateBackend(String),
     #[error("--load-factor must be a number ≥ 1.0, got {0}")]
     LoadFactor(f64),
+    #[error("--peer {0:?}: {1}")]
+    Peer(String, String),
+    #[error("--cold-load-factor must be a number ≥ 1.0, got {0}")]
+    ColdLoadFactor(f64),
     #[error("--hot-prefix-share must be between 0 and 1, got {0}")]
     HotShare(f64),
     #[error("--queue-weight must be a number ≥ 0, got {0}")]
     QueueWeight(f64),
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    #[error("--engine-scrape-interval must be at least 100ms, got {0:?}")]
+    ScrapeInterval(Duration),
+    #[error("--engine-metrics-path {0:?} must be a URL path starting with /")]
+    MetricsPath(String),
     #[error("--session-header {0:?} is not a valid header name")]
     SessionHeader(String),
     #[error("--selector must not be empty (it would select every pod in the namespace)")]
@@ -238,6 +284,9 @@ impl RouterArgs {
         if !(self.queue_weight >= 0.0 && self.queue_weight.is_finite()) {
             return Err(ConfigError::QueueWeight(self.queue_weight));
         }
+        if !(self.cold_load_factor.is_finite() && self.cold_load_factor >= 1.0) {
+            return Err(ConfigError::ColdLoadFactor(self.cold_load_factor));
+        }
         for (name, v) in [
             ("block-bytes", self.block_bytes),
             ("max-blocks", self.max_blocks),
@@ -249,6 +298,17 @@ impl RouterArgs {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.engine_signals && self.engine_scrape_interval < Duration::from_millis(100) {
+            return Err(ConfigError::ScrapeInterval(self.engine_scrape_interval));
+        }
+        if !self.engine_metrics_path.starts_with('/')
+            || self
+                .engine_metrics_path
+                .parse::<http::uri::PathAndQuery>()
+                .is_err()
+        {
+            return Err(ConfigError::MetricsPath(self.engine_metrics_path.clone()));
         }
         let session_header =
             HeaderName::from_bytes(self.session_header.to_ascii_lowercase().as_bytes())
@@ -286,6 +346,28 @@ impl RouterArgs {
             }
         };
         let pool = ns_name(&self.pool)?;
+        let peer_source = if !self.peers.is_empty() {
+            let list = self
+                .peers
+                .iter()
+                .map(|u| {
+                    Backend::parse(u)
+                        .map(|b| b.authority)
+                        .map_err(|e| ConfigError::Peer(u.clone(), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(super::peers::PeerSource::Static(list))
+        } else {
+            pool.as_ref()
+                .map(|(ns, name)| super::peers::PeerSource::Pods {
+                    namespace: ns.clone(),
+                    selector: crate::discovery::pods::labels_string(
+                        &crate::operator::builders::selector_labels(name, "router"),
+                    ),
+                    port: self.admin_listen.port(),
+                    own_pod: self.pod_name.clone(),
+                })
+        };
         let inference_pool = ns_name(&self.inference_pool)?;
         Ok(ProxyConfig {
             routing: RoutingConfig {
@@ -299,9 +381,13 @@ impl RouterArgs {
                 hot_prefix_share: self.hot_prefix_share,
                 queue_weight: self.queue_weight,
                 cold_footprint_factor: self.cold_footprint_factor,
+                cold_load_factor: self.cold_load_factor,
                 eject_after_failures: self.eject_after,
                 eject_base: self.eject_base,
                 eject_max: self.eject_max,
+                node_capacity_blocks: self.node_cache_blocks,
+                // Three scrapes missed: the engine's word no longer counts.
+                engine_signal_ttl: self.engine_scrape_interval.saturating_mul(3),
                 ..RoutingConfig::default()
             },
             backends,
@@ -318,6 +404,11 @@ impl RouterArgs {
             retries: self.retries,
             drain_timeout: self.drain_timeout,
             upstream_h2c: self.upstream_h2c,
+            engine_scrape_interval: self.engine_signals.then_some(self.engine_scrape_interval),
+            peer_sync_interval: (!self.peer_sync_interval.is_zero() && peer_source.is_some())
+                .then_some(self.peer_sync_interval),
+            peer_source,
+            engine_metrics_path: self.engine_metrics_path.clone(),
         })
     }
 }

@@ -99,6 +99,34 @@ pub fn upstream_request(
     Ok(req)
 }
 
+/// A request of the router's own (engine metrics, peer placements) to
+/// `authority`: `req` carries the path; the answer's body, at most `limit`
+/// bytes, when its status is a success. Errors are one line of text.
+pub async fn side_request(
+    client: &UpstreamClient,
+    authority: &http::uri::Authority,
+    mut req: Request<Full<Bytes>>,
+    limit: usize,
+) -> Result<Bytes, String> {
+    use http_body_util::{BodyExt, Limited};
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    *req.uri_mut() = format!("http://{authority}{path}")
+        .parse::<Uri>()
+        .map_err(|e| format!("bad address {authority}: {e}"))?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@ impl From<Endpoint> for RouteLabel {
     }
 }
 
-/// Why a replica was chosen (bounded: four values).
+/// Why a replica was chosen (bounded: five values).
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum ReasonLabel {
@@ -40,6 +40,7 @@ pub enum ReasonLabel {
     cold,
     session,
     load,
+    node,
 }
 
 impl From<Reason> for ReasonLabel {
@@ -49,6 +50,7 @@ impl From<Reason> for ReasonLabel {
             Reason::Cold => ReasonLabel::cold,
             Reason::Session => ReasonLabel::session,
             Reason::Load => ReasonLabel::load,
+            Reason::Node => ReasonLabel::node,
         }
     }
 }
@@ -87,6 +89,15 @@ pub struct Metrics {
     pub healthy: Family<ReplicaLabels, Gauge>,
     pub open_connections: Gauge,
     pub mispredictions: Family<ReplicaLabels, Counter>,
+    pub engine_queue_depth: Family<ReplicaLabels, Gauge>,
+    pub engine_running: Family<ReplicaLabels, Gauge>,
+    pub engine_kv_usage: Family<ReplicaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub engine_scrape_errors: Family<ReplicaLabels, Counter>,
+    pub peer_batches_sent: Counter,
+    pub peer_send_errors: Counter,
+    pub peer_records_received: Counter,
+    pub peer_batches_rejected: Counter,
+    pub peer_records_dropped: Counter,
 }
 
 /// Time to first byte spans a cached short prompt (milliseconds) to a long
@@ -113,6 +124,15 @@ impl Default for Metrics {
             healthy: Family::default(),
             open_connections: Gauge::default(),
             mispredictions: Family::default(),
+            engine_queue_depth: Family::default(),
+            engine_running: Family::default(),
+            engine_kv_usage: Family::default(),
+            engine_scrape_errors: Family::default(),
+            peer_batches_sent: Counter::default(),
+            peer_send_errors: Counter::default(),
+            peer_records_received: Counter::default(),
+            peer_batches_rejected: Counter::default(),
+            peer_records_dropped: Counter::default(),
         }
     }
 }
@@ -128,7 +148,7 @@ impl Metrics {
         );
         r.register(
             "decisions",
-            "Routing decisions by reason (warm, cold, session, load)",
+            "Routing decisions by reason (warm, cold, session, load, node)",
             self.decisions.clone(),
         );
         r.register(
@@ -170,6 +190,51 @@ impl Metrics {
             "prefix_mispredictions",
             "Responses whose engine reported far fewer cached tokens than the index predicted (the index was corrected)",
             self.mispredictions.clone(),
+        );
+        r.register(
+            "engine_queue_depth",
+            "Requests waiting in the engine's queue, as last scraped from its /metrics",
+            self.engine_queue_depth.clone(),
+        );
+        r.register(
+            "engine_running",
+            "Requests the engine is running, as last scraped from its /metrics",
+            self.engine_running.clone(),
+        );
+        r.register(
+            "engine_kv_usage_ratio",
+            "Share of the engine's KV cache in use (0..1), as last scraped",
+            self.engine_kv_usage.clone(),
+        );
+        r.register(
+            "engine_scrape_errors",
+            "Engine /metrics scrapes that failed or made no sense (ignored for routing)",
+            self.engine_scrape_errors.clone(),
+        );
+        r.register(
+            "peer_batches_sent",
+            "Placement batches delivered to peer routers",
+            self.peer_batches_sent.clone(),
+        );
+        r.register(
+            "peer_send_errors",
+            "Placement batches a peer router did not take (dropped)",
+            self.peer_send_errors.clone(),
+        );
+        r.register(
+            "peer_records_received",
+            "Placements learned from peer routers",
+            self.peer_records_received.clone(),
+        );
+        r.register(
+            "peer_batches_rejected",
+            "Placement batches from peers refused as malformed or incompatible",
+            self.peer_batches_rejected.clone(),
+        );
+        r.register(
+            "peer_records_dropped",
+            "Placements not queued for peers because the batch was full",
+            self.peer_records_dropped.clone(),
         );
     }
 

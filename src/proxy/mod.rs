@@ -3,11 +3,13 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod feedback;
 pub mod forward;
 pub mod limit;
 pub mod metrics;
+pub mod peers;
 pub mod server;
 pub mod service;
 pub mod state;
@@ -148,6 +150,32 @@ pub fn spawn_with_client(
         signal(stopped),
     ));
     let mut tasks = vec![proxy, admin];
+    if let (Some(interval), Some(source)) = (
+        shared.cfg.peer_sync_interval,
+        shared.cfg.peer_source.clone(),
+    ) {
+        let (tx, rx) = watch::channel(Vec::new());
+        tasks.push(tokio::spawn(peers::follow(
+            kube_client.clone(),
+            source,
+            tx,
+            stop.subscribe(),
+        )));
+        tasks.push(tokio::spawn(peers::run(
+            shared.clone(),
+            interval,
+            rx,
+            stop.subscribe(),
+        )));
+    }
+    if let Some(interval) = shared.cfg.engine_scrape_interval {
+        tasks.push(tokio::spawn(engine::run(
+            shared.clone(),
+            interval,
+            shared.cfg.engine_metrics_path.clone(),
+            stop.subscribe(),
+        )));
+    }
     if let Some(client) = kube_client {
         let (cfg, stop_rx) = (&shared.cfg, stop.subscribe());
         let task = if let Some(source) = cfg.pods.clone() {
@@ -224,8 +252,9 @@ pub async fn run(args: RouterArgs) -> Result<(), RunError> {
             addr: args.listen,
             source,
         })?;
+    let stop_signal = crate::telemetry::shutdown_signal();
     tracing::info!(addr = %handle.addr, admin = %handle.admin_addr, backends, policy, "router listening");
-    crate::telemetry::shutdown_signal().await;
+    stop_signal.await;
     tracing::info!("shutdown requested");
     handle.shutdown().await;
     Ok(())

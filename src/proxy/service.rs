@@ -96,6 +96,13 @@ async fn handle(
             match core.router.route(&request, &tried, now()) {
                 Ok(d) => {
                     let backend = core.backends.get(&d.replica).cloned();
+                    if shared.cfg.peer_sync_interval.is_some()
+                        && !blocks.is_empty()
+                        && let Some(b) = &backend
+                        && !shared.peers.push(&b.name, &blocks)
+                    {
+                        shared.metrics.peer_records_dropped.inc();
+                    }
                     Ok((d, backend))
                 }
                 Err(e) => Err(e),

@@ -28,6 +28,8 @@ pub struct Shared {
     pub client: UpstreamClient,
     pub metrics: Metrics,
     pub cfg: ProxyConfig,
+    /// Placements not yet sent to peer routers.
+    pub peers: super::peers::Outbox,
 }
 
 impl Shared {
@@ -43,6 +45,7 @@ impl Shared {
             client: client(cfg.connect_timeout, cfg.upstream_h2c),
             metrics,
             cfg,
+            peers: super::peers::Outbox::default(),
         };
         shared.set_backends(&shared.cfg.backends);
         shared
@@ -52,16 +55,29 @@ impl Shared {
     /// (their in-flight requests finish), the ring is rebuilt only when
     /// membership changed. Returns true when it changed.
     pub fn set_backends(&self, backends: &[Backend]) -> bool {
-        let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
-        let mut core = self.core();
-        let changed = core.router.set_replicas(&names);
-        let map: HashMap<Slot, Backend> = backends
+        let members: Vec<(&str, Option<&str>)> = backends
             .iter()
-            .filter_map(|b| core.router.slot_of(&b.name).map(|s| (s, b.clone())))
+            .map(|b| (b.name.as_str(), b.node.as_deref()))
             .collect();
-        // An address can change without the name changing (a pod restarted).
-        let moved = map != core.backends;
-        core.backends = map;
+        let (build, moved) = {
+            let mut core = self.core();
+            let build = core.router.set_members_deferred(&members);
+            let map: HashMap<Slot, Backend> = backends
+                .iter()
+                .filter_map(|b| core.router.slot_of(&b.name).map(|s| (s, b.clone())))
+                .collect();
+            // An address can change without the name changing (a pod restarted).
+            let moved = map != core.backends;
+            core.backends = map;
+            (build, moved)
+        };
+        // The ring is built outside the lock (requests keep flowing on the
+        // old one) and swapped in.
+        let changed = build.is_some();
+        if let Some(build) = build {
+            let ring = build.build();
+            self.core().router.install_ring(ring);
+        }
         changed || moved
     }
 
@@ -95,8 +111,21 @@ impl Shared {
         let status = self.core().router.status(now());
         self.metrics.in_flight.clear();
         self.metrics.healthy.clear();
+        self.metrics.engine_queue_depth.clear();
+        self.metrics.engine_running.clear();
+        self.metrics.engine_kv_usage.clear();
         for s in status {
             let l = Metrics::replica(&s.name);
+            if let Some(e) = s.engine {
+                let m = &self.metrics;
+                m.engine_queue_depth
+                    .get_or_create(&l)
+                    .set(i64::from(e.waiting));
+                m.engine_running.get_or_create(&l).set(i64::from(e.running));
+                if let Some(u) = e.kv_usage {
+                    m.engine_kv_usage.get_or_create(&l).set(u);
+                }
+            }
             self.metrics
                 .in_flight
                 .get_or_create(&l)

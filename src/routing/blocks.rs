@@ -40,6 +40,7 @@ impl BlockHasher {
             seed: xxh3_64(model.as_bytes()),
             block_bytes: self.block_bytes.max(1),
             bytes,
+            known_tail: None,
         }
     }
 }
@@ -81,6 +82,8 @@ pub struct PromptBlocks {
     seed: u64,
     block_bytes: usize,
     bytes: Vec<u8>,
+    /// The tail, when known without the bytes (received from a peer).
+    known_tail: Option<Tail>,
 }
 
 impl PromptBlocks {
@@ -88,6 +91,15 @@ impl PromptBlocks {
     pub fn from_hashes(hashes: Vec<u64>) -> Self {
         Self {
             hashes,
+            ..Self::default()
+        }
+    }
+
+    /// Blocks as another router described them: hashes and the tail.
+    pub fn from_parts(hashes: Vec<u64>, tail: Option<Tail>) -> Self {
+        Self {
+            hashes,
+            known_tail: tail,
             ..Self::default()
         }
     }
@@ -144,6 +156,9 @@ impl PromptBlocks {
 
     /// This prompt's last block when it is partial.
     pub fn tail(&self) -> Option<Tail> {
+        if self.known_tail.is_some() {
+            return self.known_tail;
+        }
         let last = self.hashes.len().checked_sub(1)?;
         let len = self.bytes.len() - last * self.block_bytes;
         if len >= self.block_bytes {

@@ -6,6 +6,10 @@ use std::time::Duration;
 use super::blocks::BlockHasher;
 use super::ring::DEFAULT_VNODES;
 
+/// Canonical prompt bytes per token, roughly (the block hasher works on
+/// bytes, engines count tokens).
+pub const BYTES_PER_TOKEN: u64 = 4;
+
 /// How replicas are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
@@ -67,6 +71,9 @@ pub struct RoutingConfig {
     /// block to compute. 0 by default: on every simulated workload the
     /// in-flight bound alone did as well or better (docs/benchmarks.md).
     pub queue_weight: f64,
+    /// `c` of the bound new prefixes are placed under (1: only replicas at
+    /// or below the mean load take them).
+    pub cold_load_factor: f64,
     /// New prefixes skip ring replicas whose cache footprint is above this
     /// multiple of the mean (0 = off).
     pub cold_footprint_factor: f64,
@@ -83,6 +90,12 @@ pub struct RoutingConfig {
     pub eject_base: Duration,
     /// Longest ejection.
     pub eject_max: Duration,
+    /// Blocks each node's cache holds (its memory and disk, in blocks): the
+    /// node tier's bound. 0 turns the node tier off.
+    pub node_capacity_blocks: usize,
+    /// How long an engine's scraped load counts. A replica whose metrics
+    /// stopped coming is judged by the router's own in-flight count again.
+    pub engine_signal_ttl: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -95,11 +108,14 @@ impl Default for RoutingConfig {
             hot_prefix_share: 0.0,
             queue_weight: 0.0,
             cold_footprint_factor: 1.05,
+            cold_load_factor: 1.0,
             vnodes: DEFAULT_VNODES,
             load_half_life: Duration::from_secs(1),
             eject_after_failures: 3,
             eject_base: Duration::from_secs(1),
             eject_max: Duration::from_secs(30),
+            node_capacity_blocks: 0,
+            engine_signal_ttl: Duration::from_secs(15),
         }
     }
 }

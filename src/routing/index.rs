@@ -108,6 +108,9 @@ pub struct PrefixIndex {
     tail_parent: HashMap<u64, u64, HashIdentity>,
     replicas: Vec<Option<Lru>>,
     capacity: NonZeroUsize,
+    /// Blocks evicted since the last [`PrefixIndex::take_evicted`], oldest
+    /// first: `(replica, hash, weight)`. The node tier takes them.
+    evicted: Vec<(Slot, u64, u32)>,
 }
 
 impl PrefixIndex {
@@ -121,6 +124,7 @@ impl PrefixIndex {
             tail_parent: HashMap::default(),
             replicas: Vec::new(),
             capacity: NonZeroUsize::new(capacity_blocks.max(1)).unwrap_or(NonZeroUsize::MIN),
+            evicted: Vec::new(),
         }
     }
 
@@ -239,6 +243,7 @@ impl PrefixIndex {
             tails: &mut self.tails,
             tail_parent: &mut self.tail_parent,
             capacity: self.capacity.get(),
+            evicted: &mut self.evicted,
         };
         if let Some(tail) = prompt.tail()
             && files.touch(lru, slot, tail.hash, 1)
@@ -286,14 +291,52 @@ impl PrefixIndex {
         dropped
     }
 
-    /// Forgets everything `slot` held (the replica left). Returns its blocks,
-    /// most recent first.
-    pub fn remove_replica(&mut self, slot: Slot) -> Vec<u64> {
+    /// Forgets `slot`'s least recently used blocks, about `blocks` of them,
+    /// never touching `keep`'s (the prompt it is serving now). For when the
+    /// engine turned out to hold less than the index thought: what it
+    /// dropped is, as in its own LRU, what was used longest ago. The dropped
+    /// blocks count as evicted (see [`PrefixIndex::take_evicted`]). Returns
+    /// the blocks dropped.
+    pub fn shrink(&mut self, slot: Slot, keep: &PromptBlocks, blocks: usize) -> usize {
+        let Some(Some(lru)) = self.replicas.get_mut(slot as usize) else {
+            return 0;
+        };
+        let mut dropped = 0;
+        while dropped < blocks {
+            let Some((&h, _)) = lru.list.peek_lru() else {
+                break;
+            };
+            if keep.hashes.contains(&h) || keep.tail().is_some_and(|t| t.hash == h) {
+                break;
+            }
+            let Some((_, w)) = lru.list.pop_lru() else {
+                break;
+            };
+            lru.blocks -= w as usize;
+            dropped += w as usize;
+            self.evicted.push((slot, h, w));
+            detach(&mut self.entries, h, slot);
+            if !self.entries.contains_key(&h) {
+                unfile_tail(&mut self.tails, &mut self.tail_parent, h);
+            }
+        }
+        dropped
+    }
+
+    /// Blocks evicted from replicas' LRUs since the last call, oldest first:
+    /// `(replica, hash, weight)`.
+    pub fn take_evicted(&mut self) -> Vec<(Slot, u64, u32)> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Forgets everything `slot` held (the replica left). Returns its blocks
+    /// with their weights, oldest first.
+    pub fn remove_replica(&mut self, slot: Slot) -> Vec<(u64, u32)> {
         let Some(Some(lru)) = self.replicas.get_mut(slot as usize).map(Option::take) else {
             return Vec::new();
         };
-        let blocks: Vec<u64> = lru.list.iter().map(|(h, _)| *h).collect();
-        for &h in &blocks {
+        let blocks: Vec<(u64, u32)> = lru.list.iter().rev().map(|(h, w)| (*h, *w)).collect();
+        for &(h, _) in &blocks {
             detach(&mut self.entries, h, slot);
             if !self.entries.contains_key(&h) {
                 unfile_tail(&mut self.tails, &mut self.tail_parent, h);
@@ -391,6 +434,7 @@ struct Files<'a> {
     tails: &'a mut HashMap<u64, SmallVec<[(u64, u16); 2]>, HashIdentity>,
     tail_parent: &'a mut HashMap<u64, u64, HashIdentity>,
     capacity: usize,
+    evicted: &'a mut Vec<(Slot, u64, u32)>,
 }
 
 impl Files<'_> {
@@ -407,6 +451,7 @@ impl Files<'_> {
                 break;
             };
             lru.blocks -= w as usize;
+            self.evicted.push((slot, old, w));
             detach(self.entries, old, slot);
             if !self.entries.contains_key(&old) {
                 unfile_tail(self.tails, self.tail_parent, old);
@@ -608,6 +653,22 @@ mod tests {
         assert_eq!(ix.truncate(0, &p(&[1, 2, 3, 4]), 1), 3);
         let m = ix.lookup(&p(&[1, 2, 3, 4]), f64::INFINITY);
         assert_eq!(m.matched, vec![(0, 1), (1, 4)]);
+    }
+
+    #[test]
+    fn shrink_drops_the_oldest_blocks_but_not_the_prompt_being_served() {
+        let mut ix = PrefixIndex::new(100);
+        ix.record(0, &p(&[1, 2]));
+        ix.record(0, &p(&[7, 8]));
+        ix.record(0, &p(&[4, 5]));
+        let serving = p(&[4, 5]);
+        // Recency, oldest first: 2, 1, 8, 7, 5, 4 (a prompt's root is its most recent).
+        assert_eq!(ix.shrink(0, &serving, 4), 4, "oldest first");
+        assert_eq!(ix.lookup(&p(&[1, 2]), f64::INFINITY).blocks_for(0), 0);
+        assert_eq!(ix.lookup(&p(&[7, 8]), f64::INFINITY).blocks_for(0), 0);
+        assert_eq!(ix.shrink(0, &serving, 10), 0, "the served prompt stays");
+        assert_eq!(ix.lookup(&serving, f64::INFINITY).blocks_for(0), 2);
+        assert_eq!(ix.take_evicted().len(), 4);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod blocks;
 pub mod config;
 pub mod index;
+pub mod node;
 pub mod picker;
 pub mod prompt;
 pub mod ring;

@@ -7,8 +7,10 @@ use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::blocks::PromptBlocks;
+use super::config::BYTES_PER_TOKEN;
 pub use super::config::{Policy, RoutingConfig};
 use super::index::{PrefixIndex, PrefixMatch, Slot};
+use super::node::{NodeId, NodeNames, NodeTier};
 use super::ring::Ring;
 
 /// Why a replica was chosen.
@@ -22,6 +24,9 @@ pub enum Reason {
     Session,
     /// No prompt (or a baseline policy): chosen by load alone.
     Load,
+    /// No replica holds the prefix but a node's cache does: a replica on
+    /// that node loads it from there instead of recomputing.
+    Node,
 }
 
 impl Reason {
@@ -32,6 +37,7 @@ impl Reason {
             Reason::Cold => "cold",
             Reason::Session => "session",
             Reason::Load => "load",
+            Reason::Node => "node",
         }
     }
 }
@@ -74,25 +80,59 @@ pub struct RouteRequest<'a> {
     pub session: Option<&'a str>,
 }
 
+/// What an engine's own metrics said about its load.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct EngineLoad {
+    /// Requests the engine is running.
+    pub running: u32,
+    /// Requests queued in the engine, not yet scheduled.
+    pub waiting: u32,
+    /// Share of its KV cache in use (0..1), if reported.
+    pub kv_usage: Option<f64>,
+}
+
+/// A scraped engine load and what it means next to local counts.
+#[derive(Debug, Clone, Copy)]
+struct EngineSignal {
+    load: EngineLoad,
+    /// Requests the engine holds that this router did not send (other
+    /// routers' share), estimated when the scrape arrived.
+    others: u32,
+    at: Instant,
+}
+
 #[derive(Debug)]
 struct Replica {
     name: String,
+    node: Option<NodeId>,
     epoch: u64,
     in_flight: u32,
     pending_blocks: u64,
     failures: u32,
     ejections: u32,
     ejected_until: Option<Instant>,
+    engine: Option<EngineSignal>,
 }
 
 impl Replica {
     fn healthy(&self, now: Instant) -> bool {
         self.ejected_until.is_none_or(|t| now >= t)
     }
+
+    /// In flight here plus, while the engine's last report is fresh, what it
+    /// runs or queues for others: the load the bound compares.
+    fn load(&self, now: Instant, ttl: std::time::Duration) -> u32 {
+        match self.engine {
+            Some(e) if now.saturating_duration_since(e.at) <= ttl => {
+                self.in_flight.saturating_add(e.others)
+            }
+            _ => self.in_flight,
+        }
+    }
 }
 
 /// A point-in-time view of one replica, for metrics and readiness.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaStatus {
     /// Slot (local handle).
     pub slot: Slot,
@@ -106,6 +146,34 @@ pub struct ReplicaStatus {
     pub healthy: bool,
     /// Blocks the index believes it holds.
     pub indexed_blocks: usize,
+    /// The engine's last fresh report of its own load, if any.
+    pub engine: Option<EngineLoad>,
+}
+
+/// A ring to build off the hot path after a membership change (see
+/// [`Router::set_members_deferred`]).
+#[derive(Debug)]
+pub struct RingBuild {
+    members: Vec<(String, Slot)>,
+    vnodes: usize,
+    generation: u64,
+}
+
+impl RingBuild {
+    /// Builds the ring (the slow part: sorting every virtual node).
+    pub fn build(self) -> BuiltRing {
+        BuiltRing {
+            ring: Ring::new(self.members, self.vnodes),
+            generation: self.generation,
+        }
+    }
+}
+
+/// A built ring, ready for [`Router::install_ring`].
+#[derive(Debug)]
+pub struct BuiltRing {
+    ring: Ring,
+    generation: u64,
 }
 
 /// The router's whole state: replica table, ring, prefix index, loads.
@@ -118,7 +186,12 @@ pub struct Router {
     replicas: Vec<Option<Replica>>,
     by_name: HashMap<String, Slot>,
     ring: Ring,
+    /// Membership changes so far; a built ring is installed only if no
+    /// later change made it stale.
+    ring_generation: u64,
     index: PrefixIndex,
+    nodes: NodeTier,
+    node_names: NodeNames,
     rr: usize,
     /// Replicas that ever joined: each join's epoch.
     joins: u64,
@@ -131,12 +204,16 @@ impl Router {
     pub fn new(cfg: RoutingConfig) -> Self {
         let index = PrefixIndex::new(cfg.index_capacity_blocks);
         let ring = Ring::new(std::iter::empty(), cfg.vnodes);
+        let nodes = NodeTier::new(cfg.node_capacity_blocks);
         Self {
             cfg,
             replicas: Vec::new(),
             by_name: HashMap::new(),
             ring,
+            ring_generation: 0,
             index,
+            nodes,
+            node_names: NodeNames::default(),
             rr: 0,
             joins: 0,
             load_peak: (0.0, None),
@@ -152,6 +229,11 @@ impl Router {
     /// size or index capacity makes the index start over (its hashes or
     /// bounds no longer apply); new virtual nodes rebuild the ring.
     pub fn reconfigure(&mut self, cfg: RoutingConfig) {
+        if cfg.hasher != self.cfg.hasher {
+            self.nodes = NodeTier::new(cfg.node_capacity_blocks);
+        } else if cfg.node_capacity_blocks != self.cfg.node_capacity_blocks {
+            self.nodes.set_capacity(cfg.node_capacity_blocks);
+        }
         if cfg.hasher != self.cfg.hasher
             || cfg.index_capacity_blocks != self.cfg.index_capacity_blocks
         {
@@ -167,11 +249,32 @@ impl Router {
         }
     }
 
-    /// Sets the replica set by name. New names join, missing names leave
-    /// (their index entries are forgotten); the ring is rebuilt only when
-    /// membership changed. Returns true when it changed.
+    /// Sets the replica set by name (no node known). See [`Router::set_members`].
     pub fn set_replicas<S: AsRef<str>>(&mut self, names: &[S]) -> bool {
-        let wanted: std::collections::HashSet<&str> = names.iter().map(|n| n.as_ref()).collect();
+        let members: Vec<(&str, Option<&str>)> = names.iter().map(|n| (n.as_ref(), None)).collect();
+        self.set_members(&members)
+    }
+
+    /// Sets the replica set: `(name, node)` pairs. New names join, missing
+    /// names leave (their blocks move to their node's tier); the ring is
+    /// rebuilt only when membership changed. Returns true when it changed.
+    pub fn set_members(&mut self, members: &[(&str, Option<&str>)]) -> bool {
+        match self.set_members_deferred(members) {
+            Some(build) => {
+                self.install_ring(build.build());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Like [`Router::set_members`] but leaves the ring to the caller: when
+    /// membership changed it returns the ring to build — outside any lock —
+    /// and hand to [`Router::install_ring`]. Until then the old ring places
+    /// cold requests (skipping replicas that left; newcomers take warm,
+    /// session and load-only requests already).
+    pub fn set_members_deferred(&mut self, members: &[(&str, Option<&str>)]) -> Option<RingBuild> {
+        let wanted: std::collections::HashSet<&str> = members.iter().map(|m| m.0).collect();
         let mut changed = false;
         let leaving: Vec<String> = self
             .by_name
@@ -181,25 +284,32 @@ impl Router {
             .collect();
         for name in leaving {
             if let Some(slot) = self.by_name.remove(&name) {
-                self.index.remove_replica(slot);
+                let blocks = self.index.remove_replica(slot);
+                if let Some(node) = self.replicas[slot as usize].as_ref().and_then(|r| r.node) {
+                    self.nodes.absorb(node, blocks);
+                }
                 self.replicas[slot as usize] = None;
                 changed = true;
             }
         }
-        for name in names {
-            let name = name.as_ref();
-            if self.by_name.contains_key(name) {
+        for &(name, node) in members {
+            let node = node.map(|n| self.node_names.id(n));
+            if let Some(&slot) = self.by_name.get(name) {
+                // A pod keeps its node; a static entry may gain one.
+                self.replica_mut(slot).node = node;
                 continue;
             }
             self.joins += 1;
             let replica = Replica {
                 name: name.to_string(),
+                node,
                 epoch: self.joins,
                 in_flight: 0,
                 pending_blocks: 0,
                 failures: 0,
                 ejections: 0,
                 ejected_until: None,
+                engine: None,
             };
             let slot = match self.replicas.iter().position(Option::is_none) {
                 Some(free) => {
@@ -214,13 +324,39 @@ impl Router {
             self.by_name.insert(name.to_string(), slot);
             changed = true;
         }
-        if changed {
-            self.ring = Ring::new(
-                self.by_name.iter().map(|(n, s)| (n.clone(), *s)),
-                self.cfg.vnodes,
-            );
+        if !changed {
+            return None;
         }
-        changed
+        self.ring_generation += 1;
+        Some(RingBuild {
+            members: self.by_name.iter().map(|(n, s)| (n.clone(), *s)).collect(),
+            vnodes: self.cfg.vnodes,
+            generation: self.ring_generation,
+        })
+    }
+
+    /// Installs a ring built from [`Router::set_members_deferred`]'s plan,
+    /// unless a later membership change made it stale. True if installed.
+    pub fn install_ring(&mut self, built: BuiltRing) -> bool {
+        if built.generation != self.ring_generation {
+            return false;
+        }
+        self.ring = built.ring;
+        true
+    }
+
+    /// Records what `slot`'s engine reported about its load (`None`: the
+    /// scrape failed or made no sense — the replica is judged by local
+    /// counts alone, never penalised for it). Requests the engine runs or
+    /// queues beyond this router's own in flight count as load.
+    pub fn engine_load(&mut self, slot: Slot, load: Option<EngineLoad>, now: Instant) {
+        if let Some(r) = self.replica_mut_opt(slot) {
+            r.engine = load.map(|load| EngineSignal {
+                load,
+                others: (load.running.saturating_add(load.waiting)).saturating_sub(r.in_flight),
+                at: now,
+            });
+        }
     }
 
     /// The slot of a replica name.
@@ -253,6 +389,10 @@ impl Router {
                 pending_blocks: r.pending_blocks,
                 healthy: r.healthy(now),
                 indexed_blocks: self.index.blocks_held(slot),
+                engine: r
+                    .engine
+                    .filter(|e| now.saturating_duration_since(e.at) <= self.cfg.engine_signal_ttl)
+                    .map(|e| e.load),
             })
             .collect()
     }
@@ -260,6 +400,11 @@ impl Router {
     /// The prefix index (read-only).
     pub fn index(&self) -> &PrefixIndex {
         &self.index
+    }
+
+    /// The node tier (read-only).
+    pub fn node_tier(&self) -> &NodeTier {
+        &self.nodes
     }
 
     /// Chooses a replica for `req`, skipping `exclude` (replicas already
@@ -275,10 +420,11 @@ impl Router {
         if self.by_name.is_empty() {
             return Err(RouteError::NoReplicas);
         }
+        let ttl = self.cfg.engine_signal_ttl;
         let candidates: Vec<(Slot, u32)> = self
             .live()
             .filter(|(s, r)| r.healthy(now) && !exclude.contains(s))
-            .map(|(s, r)| (s, r.in_flight))
+            .map(|(s, r)| (s, r.load(now, ttl)))
             .collect();
         if candidates.is_empty() {
             return Err(RouteError::NoHealthyReplica);
@@ -292,8 +438,41 @@ impl Router {
         r.pending_blocks += decision.pending_blocks;
         if !req.blocks.is_empty() {
             self.index.record(decision.replica, req.blocks);
+            self.spill_evicted();
         }
         Ok(decision)
+    }
+
+    /// Another router sent `prompt` to `slot`: the index learns that the
+    /// replica holds it (no load is accounted: that router counts it).
+    pub fn learn(&mut self, slot: Slot, prompt: &PromptBlocks) {
+        if self.replica(slot).is_some() && !prompt.is_empty() {
+            self.index.record(slot, prompt);
+            self.spill_evicted();
+        }
+    }
+
+    /// Blocks replicas' index entries lost go to those replicas' nodes.
+    fn spill_evicted(&mut self) {
+        let evicted = self.index.take_evicted();
+        if evicted.is_empty() || self.nodes.capacity() == 0 {
+            return;
+        }
+        let mut run_start = 0;
+        while run_start < evicted.len() {
+            let slot = evicted[run_start].0;
+            let run_end = evicted[run_start..]
+                .iter()
+                .position(|e| e.0 != slot)
+                .map_or(evicted.len(), |k| run_start + k);
+            if let Some(node) = self.replica(slot).and_then(|r| r.node) {
+                self.nodes.absorb(
+                    node,
+                    evicted[run_start..run_end].iter().map(|&(_, h, w)| (h, w)),
+                );
+            }
+            run_start = run_end;
+        }
     }
 
     /// The first response byte arrived: the replica finished this prefill.
@@ -357,16 +536,18 @@ impl Router {
 
     /// The engine that served `decision` reported `cached_tokens` of the
     /// prompt cached. When the index predicted far more (over twice as many
-    /// blocks, and at least 4), it forgets that replica's blocks beyond what
-    /// the engine holds and returns true (a misprediction). Tokens become
-    /// blocks at ~4 canonical bytes per token.
+    /// blocks, and at least 4), the engine evidently dropped what the index
+    /// still lists for that replica: the index drops as many of its least
+    /// recently used blocks as it overestimated (the engine's own LRU went
+    /// the same way), keeping the prompt just served, which the engine holds
+    /// again once it has computed it. Returns true on such a misprediction.
+    /// Tokens become blocks at ~4 canonical bytes per token.
     pub fn engine_feedback(
         &mut self,
         decision: &Decision,
         prompt: &PromptBlocks,
         cached_tokens: u64,
     ) -> bool {
-        const BYTES_PER_TOKEN: u64 = 4;
         let predicted = decision.matched_blocks as usize;
         let block = self.cfg.hasher.block_bytes.max(1) as u64;
         let reported = usize::try_from(cached_tokens.saturating_mul(BYTES_PER_TOKEN) / block)
@@ -374,10 +555,18 @@ impl Router {
         let same = self
             .replica(decision.replica)
             .is_some_and(|r| r.epoch == decision.epoch);
-        if !same || predicted < 4 || reported.saturating_mul(2) >= predicted {
+        // A node-tier prediction is about the node's cache, which engines
+        // may not count as cached: not evidence against the replica's index.
+        if !same
+            || decision.reason == Reason::Node
+            || predicted < 4
+            || reported.saturating_mul(2) >= predicted
+        {
             return false;
         }
-        self.index.truncate(decision.replica, prompt, reported);
+        let over = predicted - reported;
+        self.index.shrink(decision.replica, prompt, over);
+        self.spill_evicted();
         true
     }
 
@@ -500,7 +689,7 @@ impl Router {
         // New prefixes take only replicas at or below the mean load (c = 1):
         // the headroom up to `c` stays for the sessions a replica already has,
         // so placing new work does not push existing sessions off their home.
-        let fair = load_bound(1.0, reference, candidates.len());
+        let fair = load_bound(self.cfg.cold_load_factor, reference, candidates.len());
         // ...and, once caches run full, whose cache footprint (blocks the
         // index holds for it) is near the mean, so no cache evicts first.
         // Below half full, footprints do not matter and the ring decides alone.
@@ -522,6 +711,11 @@ impl Router {
             self.ring_first(key, &|s| below(s, fair))
         };
         if warm.is_empty() {
+            if let Some((slot, held)) =
+                self.node_pick(req.blocks, key, m.shared, &|s| below(s, bound))
+            {
+                return decision(slot, Reason::Node, held);
+            }
             return decision(cold, Reason::Cold, m.blocks_for(cold));
         }
         // Cost = blocks to compute there + queued prefill ahead of it; ties go
@@ -561,13 +755,55 @@ impl Router {
         decision(best.0, reason, m.blocks_for(best.0))
     }
 
+    /// The node whose cache holds the longest useful prefix of `prompt`
+    /// (beyond the `shared` hot part) among nodes with an `eligible` replica,
+    /// and that node's first eligible replica on the ring from `key`.
+    fn node_pick(
+        &mut self,
+        prompt: &PromptBlocks,
+        key: u64,
+        shared: u32,
+        eligible: &impl Fn(Slot) -> bool,
+    ) -> Option<(Slot, u32)> {
+        if self.nodes.capacity() == 0 {
+            return None;
+        }
+        let mut nodes: Vec<NodeId> = self
+            .live()
+            .filter(|(s, _)| eligible(*s))
+            .filter_map(|(_, r)| r.node)
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let mut best: Option<(NodeId, u32)> = None;
+        for node in nodes {
+            let held = self.nodes.leading_blocks(node, prompt);
+            if held > shared && best.is_none_or(|b| held > b.1) {
+                best = Some((node, held));
+            }
+        }
+        let (node, held) = best?;
+        let slot = self
+            .ring
+            .candidates(key)
+            .find(|&s| eligible(s) && self.replica(s).is_some_and(|r| r.node == Some(node)))?;
+        Some((slot, held))
+    }
+
     /// First replica on the ring from `key` that passes `eligible`. The load
-    /// bound guarantees one exists among the candidates.
+    /// bound guarantees one exists among the candidates (while a ring build
+    /// is pending, one of them may not be on the ring yet: then the first
+    /// live ring member).
     fn ring_first(&self, key: u64, eligible: &impl Fn(Slot) -> bool) -> Slot {
         self.ring
             .candidates(key)
             .find(|s| eligible(*s))
-            .or_else(|| self.ring.candidates(key).next())
+            .or_else(|| {
+                self.ring
+                    .candidates(key)
+                    .find(|s| self.replica(*s).is_some())
+            })
+            .or_else(|| self.live().map(|(s, _)| s).next())
             .unwrap_or(0)
     }
 

@@ -39,6 +39,8 @@ pub struct PrefixCache {
     evictable: LruCache<u64, (), Identity>,
     /// Blocks allocated to sequences and not (yet) cached.
     private: usize,
+    /// Cached blocks evicted since the last [`PrefixCache::take_evicted`].
+    evicted: Vec<u64>,
 }
 
 impl PrefixCache {
@@ -49,6 +51,7 @@ impl PrefixCache {
             refs: HashMap::default(),
             evictable: LruCache::unbounded_with_hasher(Identity::default()),
             private: 0,
+            evicted: Vec::new(),
         }
     }
 
@@ -96,6 +99,7 @@ impl PrefixCache {
             match self.evictable.pop_lru() {
                 Some((k, ())) => {
                     self.refs.remove(&k);
+                    self.evicted.push(k);
                 }
                 None => break,
             }
@@ -129,11 +133,55 @@ impl PrefixCache {
         self.private = self.private.saturating_sub(private);
     }
 
+    /// Blocks evicted since the last call, oldest first (an engine with a
+    /// node cache offloads them there).
+    pub fn take_evicted(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.evicted)
+    }
+
     /// Drops every unused cached block.
     pub fn reset(&mut self) {
         while let Some((k, ())) = self.evictable.pop_lru() {
             self.refs.remove(&k);
         }
+    }
+}
+
+/// A node's KV block store (kvmesh node-cache, as LMCache uses it): the
+/// blocks its engines evicted, least recently used first out.
+#[derive(Debug)]
+pub struct NodeStore {
+    blocks: LruCache<u64, (), Identity>,
+    capacity: usize,
+}
+
+/// One node's store, shared by the engines on that node.
+pub type SharedNodeStore = std::sync::Arc<std::sync::Mutex<NodeStore>>;
+
+impl NodeStore {
+    /// A store of `capacity_blocks` blocks.
+    pub fn new(capacity_blocks: usize) -> Self {
+        Self {
+            blocks: LruCache::unbounded_with_hasher(Identity::default()),
+            capacity: capacity_blocks,
+        }
+    }
+
+    /// Stores `keys` (most recent last), evicting the oldest beyond capacity.
+    pub fn put(&mut self, keys: &[u64]) {
+        for &k in keys {
+            self.blocks.push(k, ());
+            while self.blocks.len() > self.capacity {
+                self.blocks.pop_lru();
+            }
+        }
+    }
+
+    /// Leading keys of `keys` the store holds (marked recently used).
+    pub fn leading(&mut self, keys: &[u64]) -> usize {
+        keys.iter()
+            .take_while(|k| self.blocks.get(k).is_some())
+            .count()
     }
 }
 

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::cache::{PrefixCache, block_keys};
+use super::cache::{PrefixCache, SharedNodeStore, block_keys};
 use super::tokenizer::{text_of_tokens, tokenize};
 
 /// Engine settings.
@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub prefill_token_s: f64,
     /// Time per decoding sequence in a step, seconds.
     pub decode_seq_s: f64,
+    /// Time to load one token's KV from the node cache, seconds.
+    pub node_load_token_s: f64,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +60,8 @@ impl Default for EngineConfig {
             step_s: 0.008,
             prefill_token_s: 0.000_035,
             decode_seq_s: 0.000_040,
+            // 128 KiB per token over ~32 GB/s of host-to-device bandwidth.
+            node_load_token_s: 0.000_004,
         }
     }
 }
@@ -156,6 +160,8 @@ pub struct EngineStats {
     pub prompt_tokens: u64,
     /// Prompt tokens actually computed (not cached).
     pub prefill_tokens: u64,
+    /// Prompt tokens loaded from the node cache instead of computed.
+    pub node_hit_tokens: u64,
     /// Tokens generated.
     pub generation_tokens: u64,
     /// Requests finished.
@@ -172,6 +178,8 @@ pub struct Engine {
     /// The planned step: (index into `running`, prefill chunk; 0 = decode).
     batch: Vec<(usize, usize)>,
     stats: EngineStats,
+    /// The node's cache, if the engine offloads to one.
+    node: Option<SharedNodeStore>,
 }
 
 impl Engine {
@@ -185,6 +193,16 @@ impl Engine {
             running: Vec::new(),
             batch: Vec::new(),
             stats: EngineStats::default(),
+            node: None,
+        }
+    }
+
+    /// An engine that offloads evicted blocks to `node` and loads prefixes
+    /// from it on a cache miss (vLLM with LMCache's remote backend).
+    pub fn with_node_store(cfg: EngineConfig, node: SharedNodeStore) -> Self {
+        Self {
+            node: Some(node),
+            ..Self::new(cfg)
         }
     }
 
@@ -243,7 +261,7 @@ impl Engine {
     pub fn plan(&mut self) -> Option<f64> {
         self.batch.clear();
         let mut budget = self.cfg.max_batched_tokens;
-        let (mut prefill, mut decode) = (0usize, 0usize);
+        let (mut prefill, mut decode, mut loaded_tokens) = (0usize, 0usize, 0usize);
         for (i, s) in self.running.iter().enumerate() {
             if budget == 0 {
                 break;
@@ -276,23 +294,40 @@ impl Engine {
             if !self.cache.admit(&front.req.keys[..cached], extra) {
                 break;
             }
+            // Blocks past the GPU hit that the node cache holds load from there.
+            let loaded = match &self.node {
+                Some(node) => node
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .leading(&front.req.keys[cached..reusable.min(front.req.keys.len())]),
+                None => 0,
+            };
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
             s.cached_blocks = cached;
-            s.prefilled = cached * bt;
+            s.prefilled = (cached + loaded) * bt;
+            loaded_tokens += loaded * bt;
+            self.stats.node_hit_tokens += (loaded * bt) as u64;
             s.pinned = front_keys(&s.req.keys, cached);
             s.private = extra;
             let cached_tokens = (cached * bt) as u64;
             self.stats.prefix_cache_queries += s.req.prompt_tokens as u64;
             self.stats.prefix_cache_hits += cached_tokens;
             self.stats.prompt_tokens += s.req.prompt_tokens as u64;
-            self.stats.prefill_tokens += s.req.prompt_tokens as u64 - cached_tokens;
+            self.stats.prefill_tokens +=
+                s.req.prompt_tokens as u64 - cached_tokens - (loaded * bt) as u64;
             let chunk = (s.req.prompt_tokens - s.prefilled).min(budget);
             budget -= chunk;
             prefill += chunk;
             self.running.push(s);
             self.batch.push((self.running.len() - 1, chunk));
+        }
+        let evicted = self.cache.take_evicted();
+        if let Some(node) = &self.node
+            && !evicted.is_empty()
+        {
+            node.lock().unwrap_or_else(|e| e.into_inner()).put(&evicted);
         }
         if self.batch.is_empty() {
             return None;
@@ -300,7 +335,8 @@ impl Engine {
         Some(
             self.cfg.step_s
                 + self.cfg.prefill_token_s * prefill as f64
-                + self.cfg.decode_seq_s * decode as f64,
+                + self.cfg.decode_seq_s * decode as f64
+                + self.cfg.node_load_token_s * loaded_tokens as f64,
         )
     }
 

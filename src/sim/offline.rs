@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::engine::{Engine, EngineConfig, Event};
 use super::sglang::{SglangCacheAware, SglangConfig, routing_text};
 use super::workload::{Arrival, Workload, infinite_cache_bound};
-use crate::routing::picker::RouteRequest;
+use crate::routing::picker::{EngineLoad, RouteRequest};
 use crate::routing::{
     BlockHasher, Decision, Endpoint, Policy, PromptBlocks, Ring, Router, RoutingConfig,
     canonical_prompt,
@@ -76,6 +76,25 @@ pub struct OfflineConfig {
     /// kvmesh's routing settings (its index capacity is set from the engine cache).
     pub routing: RoutingConfig,
     pub seed: u64,
+    /// kvmesh router instances, each with its own index; request `i` goes
+    /// through router `i mod routers` (as a Service spreads clients).
+    pub routers: usize,
+    /// Every this many virtual seconds each router reads each engine's
+    /// running and queued requests (its `/metrics`); None: no engine signals.
+    pub engine_scrape_s: Option<f64>,
+    /// Engines per node sharing one node cache (0: no node cache).
+    pub engines_per_node: usize,
+    /// Each node cache's size, in tokens of KV.
+    pub node_cache_tokens: usize,
+    /// Whether kvmesh's router keeps its node tier (it needs node caches to
+    /// help).
+    pub node_tier: bool,
+    /// Whether routers read each answer's cached-token count and correct
+    /// their index (the proxy always does).
+    pub engine_feedback: bool,
+    /// Routers tell each other their placements this many seconds later
+    /// (None: they do not).
+    pub share_placements_s: Option<f64>,
 }
 
 impl Default for OfflineConfig {
@@ -85,6 +104,13 @@ impl Default for OfflineConfig {
             engine: EngineConfig::default(),
             routing: RoutingConfig::default(),
             seed: 1,
+            routers: 1,
+            engine_scrape_s: None,
+            engines_per_node: 0,
+            node_cache_tokens: 0,
+            node_tier: true,
+            engine_feedback: true,
+            share_placements_s: None,
         }
     }
 }
@@ -101,6 +127,8 @@ pub struct PolicyResult {
     pub bound_share: f64,
     /// Prompt tokens computed (not cached).
     pub prefill_tokens: u64,
+    /// Prompt tokens loaded from node caches / prompt tokens.
+    pub node_hit_rate: f64,
     pub ttft_mean_s: f64,
     pub ttft_p50_s: f64,
     pub ttft_p99_s: f64,
@@ -159,7 +187,8 @@ impl Prepared {
 }
 
 enum Placer {
-    Router(Box<Router>),
+    /// One or more router instances.
+    Router(Vec<Router>),
     Random(super::workload::Rng),
     Hash(Ring),
     Sglang(Box<SglangCacheAware>),
@@ -183,22 +212,42 @@ impl Ord for At {
 enum Ev {
     Arrive(usize),
     Step(usize),
+    /// Request `id`'s placement reaches the other routers.
+    Learn(usize),
 }
 
 /// Runs `w` under `kind`.
 pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig) -> PolicyResult {
     let n = cfg.engines.max(1);
     let names: Vec<String> = (0..n).map(|i| format!("engine-{i}")).collect();
+    let per_node = cfg.engines_per_node;
+    let node_of = |i: usize| (per_node > 0).then(|| format!("node-{}", i / per_node));
+    let node_names: Vec<Option<String>> = (0..n).map(node_of).collect();
     let router = |policy| {
-        let mut r = Router::new(RoutingConfig {
-            policy,
-            // The index remembers about what an engine's cache holds: ~4 bytes
-            // per token, so one 64-byte block per 16 tokens.
-            index_capacity_blocks: (cfg.engine.cache_tokens / 16).max(1),
-            ..cfg.routing.clone()
-        });
-        r.set_replicas(&names);
-        Placer::Router(Box::new(r))
+        let routers = (0..cfg.routers.max(1))
+            .map(|_| {
+                let mut r = Router::new(RoutingConfig {
+                    policy,
+                    // The index remembers about what an engine's cache holds:
+                    // ~4 bytes per token, so one 64-byte block per 16 tokens.
+                    index_capacity_blocks: (cfg.engine.cache_tokens / 16).max(1),
+                    node_capacity_blocks: if cfg.node_tier && per_node > 0 {
+                        cfg.node_cache_tokens / 16
+                    } else {
+                        0
+                    },
+                    ..cfg.routing.clone()
+                });
+                let members: Vec<(&str, Option<&str>)> = names
+                    .iter()
+                    .zip(&node_names)
+                    .map(|(n, node)| (n.as_str(), node.as_deref()))
+                    .collect();
+                r.set_members(&members);
+                r
+            })
+            .collect();
+        Placer::Router(routers)
     };
     let mut placer = match kind {
         PolicyKind::Kvmesh => router(Policy::Kvmesh),
@@ -214,16 +263,37 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
         }
     };
     let slot_engine: HashMap<u32, usize> = match &placer {
+        // Every router instance got the same names in the same order, so
+        // the same slots.
         Placer::Router(r) => names
             .iter()
             .enumerate()
-            .filter_map(|(i, nm)| r.slot_of(nm).map(|s| (s, i)))
+            .filter_map(|(i, nm)| r[0].slot_of(nm).map(|s| (s, i)))
             .collect(),
         _ => (0..n).map(|i| (i as u32, i)).collect(),
     };
 
     let base = Instant::now();
-    let mut engines: Vec<Engine> = (0..n).map(|_| Engine::new(cfg.engine.clone())).collect();
+    let node_stores: Vec<crate::sim::cache::SharedNodeStore> = if per_node > 0 {
+        (0..n.div_ceil(per_node))
+            .map(|_| {
+                std::sync::Arc::new(std::sync::Mutex::new(crate::sim::cache::NodeStore::new(
+                    cfg.node_cache_tokens / cfg.engine.block_tokens.max(1),
+                )))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut engines: Vec<Engine> = (0..n)
+        .map(|i| match node_stores.get(i / per_node.max(1)) {
+            Some(store) if per_node > 0 => {
+                Engine::with_node_store(cfg.engine.clone(), store.clone())
+            }
+            _ => Engine::new(cfg.engine.clone()),
+        })
+        .collect();
+    let mut next_scrape = 0.0f64;
     let mut stepping = vec![false; n];
     let mut in_flight = vec![0usize; n];
     let mut heap: BinaryHeap<Reverse<(At, u64, Ev)>> = BinaryHeap::new();
@@ -245,7 +315,9 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
     let total = w.requests.len();
     let mut arrived_at = vec![0.0f64; total];
     let mut engine_of = vec![usize::MAX; total];
-    let mut decisions: Vec<Option<Decision>> = vec![None; total];
+    // Each request's router instance and decision.
+    let mut decisions: Vec<Option<(usize, Decision)>> = vec![None; total];
+    let mut learn_slot = vec![0u32; total];
     let mut ttft = Vec::with_capacity(total);
     let (mut cached, mut prompt) = (0u64, 0u64);
     let mut per_engine_requests = vec![0usize; n];
@@ -260,15 +332,40 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
                 arrived_at[id] = now;
                 first_at = first_at.min(now);
                 let e = match &mut placer {
-                    Placer::Router(router) => {
+                    Placer::Router(routers) => {
+                        if let Some(every) = cfg.engine_scrape_s
+                            && now >= next_scrape
+                        {
+                            // Scrapes happen on a period; modelled at the first
+                            // arrival after each tick.
+                            next_scrape = (now / every).floor() * every + every;
+                            for router in routers.iter_mut() {
+                                for (&slot, &e) in &slot_engine {
+                                    let st = engines[e].stats();
+                                    let load = EngineLoad {
+                                        running: st.running as u32,
+                                        waiting: st.waiting as u32,
+                                        kv_usage: Some(st.kv_cache_usage),
+                                    };
+                                    router.engine_load(slot, Some(load), when);
+                                }
+                            }
+                        }
+                        let k = id % routers.len();
                         let req = RouteRequest {
                             blocks: &prep.blocks[id],
                             session: None,
                         };
-                        match router.route(&req, &[], when) {
+                        match routers[k].route(&req, &[], when) {
                             Ok(d) => {
                                 let e = slot_engine.get(&d.replica).copied().unwrap_or(0);
-                                decisions[id] = Some(d);
+                                learn_slot[id] = d.replica;
+                                decisions[id] = Some((k, d));
+                                if let Some(delay) = cfg.share_placements_s
+                                    && routers.len() > 1
+                                {
+                                    push(&mut heap, now + delay, Ev::Learn(id));
+                                }
                                 e
                             }
                             Err(_) => 0,
@@ -303,10 +400,20 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
                     }
                 } else {
                     refused += 1;
-                    if let (Placer::Router(router), Some(mut d)) =
+                    if let (Placer::Router(routers), Some((k, mut d))) =
                         (&mut placer, decisions[id].take())
                     {
-                        router.finish(&mut d);
+                        routers[k].finish(&mut d);
+                    }
+                }
+            }
+            Ev::Learn(id) => {
+                if let Placer::Router(routers) = &mut placer {
+                    let from = id % routers.len();
+                    for (j, router) in routers.iter_mut().enumerate() {
+                        if j != from {
+                            router.learn(learn_slot[id], &prep.blocks[id]);
+                        }
                     }
                 }
             }
@@ -322,10 +429,18 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
                             ttft.push(now - arrived_at[id]);
                             cached += cached_tokens as u64;
                             prompt += prompt_tokens as u64;
-                            if let (Placer::Router(router), Some(d)) =
+                            if let (Placer::Router(routers), Some((k, d))) =
                                 (&mut placer, decisions[id].as_mut())
                             {
-                                router.first_byte(d);
+                                routers[*k].first_byte(d);
+                                // As the proxy does with `usage.cached_tokens`.
+                                if cfg.engine_feedback {
+                                    routers[*k].engine_feedback(
+                                        d,
+                                        &prep.blocks[id],
+                                        cached_tokens as u64,
+                                    );
+                                }
                             }
                         }
                         Event::Token { .. } => {}
@@ -333,10 +448,10 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
                             let id = id as usize;
                             last_at = last_at.max(now);
                             in_flight[engine_of[id]] -= 1;
-                            if let (Placer::Router(router), Some(mut d)) =
+                            if let (Placer::Router(routers), Some((k, mut d))) =
                                 (&mut placer, decisions[id].take())
                             {
-                                router.finish(&mut d);
+                                routers[k].finish(&mut d);
                             }
                             let r = &w.requests[id];
                             if let Some(&next) = next_turn.get(&(r.session, r.turn + 1))
@@ -361,6 +476,7 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
         cached as f64 / prompt as f64
     };
     let prefill_tokens = engines.iter().map(|e| e.stats().prefill_tokens).sum();
+    let node_hit_tokens: u64 = engines.iter().map(|e| e.stats().node_hit_tokens).sum();
     PolicyResult {
         policy: kind.name().to_string(),
         requests: total,
@@ -372,6 +488,11 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
             0.0
         },
         prefill_tokens,
+        node_hit_rate: if prompt == 0 {
+            0.0
+        } else {
+            node_hit_tokens as f64 / prompt as f64
+        },
         ttft_mean_s: mean(&ttft),
         ttft_p50_s: quantile(&ttft, 0.50),
         ttft_p99_s: quantile(&ttft, 0.99),

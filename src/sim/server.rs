@@ -316,8 +316,9 @@ pub async fn run(args: SimArgs) -> Result<(), SimError> {
             .map_err(|source| SimError::Bind { addr, source })?;
         listeners.push(listener);
     }
+    let stop_signal = crate::telemetry::shutdown_signal();
     let handle = spawn(&args, listeners)?;
-    crate::telemetry::shutdown_signal().await;
+    stop_signal.await;
     tracing::info!("shutdown signal received; stopping simulated engines");
     handle.shutdown().await;
     Ok(())

@@ -53,6 +53,9 @@ pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// The engine metrics page `GET /metrics` serves (empty: 404). Scrapes
+    /// are not recorded in `seen`.
+    pub metrics: Arc<Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,15 +71,30 @@ impl TestBackend {
         let addr = listener.local_addr().expect("addr");
         let name = format!("http://{addr}");
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (seen2, name2) = (seen.clone(), name.clone());
+        let metrics = Arc::new(Mutex::new(String::new()));
+        let (seen2, name2, metrics2) = (seen.clone(), name.clone(), metrics.clone());
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let (seen, mode, name) = (seen2.clone(), mode.clone(), name2.clone());
+                let metrics = metrics2.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (seen, mode, name) = (seen.clone(), mode.clone(), name.clone());
-                        async move { Ok::<_, Infallible>(answer(req, seen, mode, name).await) }
+                        let metrics = metrics.clone();
+                        async move {
+                            if req.method() == http::Method::GET && req.uri().path() == "/metrics" {
+                                let page = metrics.lock().expect("lock").clone();
+                                let status = if page.is_empty() { 404 } else { 200 };
+                                return Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .status(status)
+                                        .body(Full::new(Bytes::from(page)).boxed())
+                                        .expect("response"),
+                                );
+                            }
+                            Ok::<_, Infallible>(answer(req, seen, mode, name).await)
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -88,6 +106,7 @@ impl TestBackend {
             name,
             addr,
             seen,
+            metrics,
             task,
         }
     }
