@@ -289,3 +289,45 @@ fn the_router_binding_names_the_cluster_role_the_operator_was_given() {
     let d = build(&pool(serde_json::json!({})), &s).expect("builds");
     assert_eq!(d.router_binding.role_ref.name, "team-a-kvmesh-router");
 }
+
+#[test]
+fn the_children_run_with_flags_the_binary_accepts() {
+    use clap::Parser;
+    use kvmesh::cli::{Cli, Command};
+    let p = pool(serde_json::json!({"disk": {"size": "500Gi", "hostPath": "/mnt/kv"}}));
+    let d = build(&p, &settings()).expect("builds");
+    let parse = |c: &k8s_openapi::api::core::v1::Container| {
+        let args = c.args.clone().unwrap_or_default();
+        Cli::try_parse_from(std::iter::once("kvmesh".to_string()).chain(args.clone()))
+            .unwrap_or_else(|e| panic!("{args:?} do not parse: {e}"))
+            .command
+    };
+    let pod = |t: &k8s_openapi::api::core::v1::PodTemplateSpec| t.spec.clone().expect("pod spec");
+
+    let router = pod(&d.router.spec.template);
+    let Command::Router(args) = parse(&router.containers[0]) else {
+        panic!("the router Deployment does not run `kvmesh router`")
+    };
+    let cfg = args.validate().expect("router flags are valid together");
+    assert!(cfg.discovers(), "the router follows its pool");
+    // Its own pod name comes from the downward API (it is not its own peer).
+    let env = router.containers[0].env.clone().unwrap_or_default();
+    assert!(
+        env.iter().any(|e| e.name == "POD_NAME"
+            && e.value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str())
+                == Some("metadata.name")),
+        "{env:?}"
+    );
+
+    let cache = pod(&d.node_cache.spec.template);
+    let Command::NodeCache(args) = parse(&cache.containers[0]) else {
+        panic!("the node-cache DaemonSet does not run `kvmesh node-cache`")
+    };
+    let s = args
+        .settings()
+        .expect("node-cache flags are valid together");
+    assert!(s.store.disk.is_some(), "the disk tier is on");
+}
