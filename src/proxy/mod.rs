@@ -101,11 +101,8 @@ pub fn spawn_with_client(
     admin: TcpListener,
     kube_client: Option<kube::Client>,
 ) -> std::io::Result<ProxyHandle> {
-    if cfg.discovers() && kube_client.is_none() {
-        return Err(std::io::Error::other(
-            "pod discovery needs a Kubernetes client",
-        ));
-    }
+    let source =
+        crate::discovery::source_of(&cfg, kube_client.clone()).map_err(std::io::Error::other)?;
     let addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let metrics = metrics::Metrics::default();
@@ -114,6 +111,8 @@ pub fn spawn_with_client(
     let registry = Arc::new(registry);
     let shared = Arc::new(Shared::new(cfg, metrics));
     let (stop, stopped) = watch::channel(false);
+    // Replicas first (a static list applies at once), then the listeners.
+    let source_task = source.start(shared.clone(), stop.subscribe());
     let signal = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -150,6 +149,7 @@ pub fn spawn_with_client(
         signal(stopped),
     ));
     let mut tasks = vec![proxy, admin];
+    tasks.extend(source_task);
     if let (Some(interval), Some(source)) = (
         shared.cfg.peer_sync_interval,
         shared.cfg.peer_source.clone(),
@@ -175,36 +175,6 @@ pub fn spawn_with_client(
             shared.cfg.engine_metrics_path.clone(),
             stop.subscribe(),
         )));
-    }
-    if let Some(client) = kube_client {
-        let (cfg, stop_rx) = (&shared.cfg, stop.subscribe());
-        let task = if let Some(source) = cfg.pods.clone() {
-            tokio::spawn(crate::discovery::pods::run(
-                client,
-                source,
-                shared.clone(),
-                stop_rx,
-            ))
-        } else if let Some((ns, name)) = cfg.pool.clone() {
-            tokio::spawn(crate::discovery::pool::run(
-                client,
-                ns,
-                name,
-                shared.clone(),
-                stop_rx,
-            ))
-        } else if let Some((ns, name)) = cfg.inference_pool.clone() {
-            tokio::spawn(crate::discovery::inference_pool::run(
-                client,
-                ns,
-                name,
-                shared.clone(),
-                stop_rx,
-            ))
-        } else {
-            tokio::spawn(async {})
-        };
-        tasks.push(task);
     }
     Ok(ProxyHandle {
         addr,

@@ -33,22 +33,21 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the state for `cfg`'s static backends.
+    /// Builds the state for `cfg`, with no replicas yet (its
+    /// [`crate::discovery::ReplicaSource`] supplies them).
     pub fn new(cfg: ProxyConfig, metrics: Metrics) -> Self {
         let core = Core {
             router: Router::new(cfg.routing.clone()),
             backends: HashMap::new(),
             session_header: cfg.session_header.clone(),
         };
-        let shared = Self {
+        Self {
             core: Mutex::new(core),
             client: client(cfg.connect_timeout, cfg.upstream_h2c),
             metrics,
             cfg,
             peers: super::peers::Outbox::default(),
-        };
-        shared.set_backends(&shared.cfg.backends);
-        shared
+        }
     }
 
     /// Makes `backends` the replica set: newcomers join, missing ones leave
