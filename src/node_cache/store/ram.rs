@@ -104,17 +104,7 @@ impl RamTier {
             then();
             return Err(TooLarge);
         }
-        while inner.used + w > self.capacity {
-            match inner.map.pop_lru() {
-                Some((k, e)) => {
-                    inner.used -= weight(&k, &e);
-                    on_evict(k, e);
-                }
-                None => break,
-            }
-        }
-        inner.used += w;
-        inner.map.put(key, entry);
+        inner.put_within(self.capacity, key, entry, w, &mut on_evict);
         then();
         Ok(())
     }
@@ -137,17 +127,7 @@ impl RamTier {
         if inner.map.contains(&key) || !still_current() {
             return false;
         }
-        while inner.used + w > self.capacity {
-            match inner.map.pop_lru() {
-                Some((k, e)) => {
-                    inner.used -= weight(&k, &e);
-                    on_evict(k, e);
-                }
-                None => break,
-            }
-        }
-        inner.used += w;
-        inner.map.put(key, entry);
+        inner.put_within(self.capacity, key, entry, w, &mut on_evict);
         true
     }
 
@@ -197,6 +177,27 @@ impl RamTier {
 }
 
 impl Inner {
+    /// Evicts least recently used entries (each to `on_evict`) until `w`
+    /// more bytes fit under `capacity`, then stores `entry` (weighing `w`).
+    fn put_within(
+        &mut self,
+        capacity: u64,
+        key: Bytes,
+        entry: Entry,
+        w: u64,
+        on_evict: &mut impl FnMut(Bytes, Entry),
+    ) {
+        while self.used + w > capacity {
+            let Some((k, e)) = self.map.pop_lru() else {
+                break;
+            };
+            self.used -= weight(&k, &e);
+            on_evict(k, e);
+        }
+        self.used += w;
+        self.map.put(key, entry);
+    }
+
     fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         let (k, e) = self.map.pop_entry(key)?;
         self.used -= weight(&k, &e);
