@@ -267,30 +267,6 @@ impl PrefixIndex {
         }
     }
 
-    /// Forgets `slot`'s blocks of `prompt` from position `keep` on (the
-    /// engine reported it holds only the first `keep`). Returns how many
-    /// blocks were dropped.
-    pub fn truncate(&mut self, slot: Slot, prompt: &PromptBlocks, keep: usize) -> usize {
-        let Some(Some(lru)) = self.replicas.get_mut(slot as usize) else {
-            return 0;
-        };
-        let tail = prompt.tail().map(|t| t.hash);
-        let mut dropped = 0;
-        for h in prompt.hashes.iter().skip(keep).copied().chain(tail) {
-            if let Some(w) = lru.list.pop(&h) {
-                lru.blocks -= w as usize;
-                detach(&mut self.entries, h, slot);
-                if !self.entries.contains_key(&h) {
-                    unfile_tail(&mut self.tails, &mut self.tail_parent, h);
-                }
-                if Some(h) != tail {
-                    dropped += w as usize;
-                }
-            }
-        }
-        dropped
-    }
-
     /// Forgets `slot`'s least recently used blocks, about `blocks` of them,
     /// never touching `keep`'s (the prompt it is serving now). For when the
     /// engine turned out to hold less than the index thought: what it
@@ -301,12 +277,13 @@ impl PrefixIndex {
         let Some(Some(lru)) = self.replicas.get_mut(slot as usize) else {
             return 0;
         };
+        let keep_tail = keep.tail().map(|t| t.hash);
         let mut dropped = 0;
         while dropped < blocks {
             let Some((&h, _)) = lru.list.peek_lru() else {
                 break;
             };
-            if keep.hashes.contains(&h) || keep.tail().is_some_and(|t| t.hash == h) {
+            if keep.hashes.contains(&h) || keep_tail == Some(h) {
                 break;
             }
             let Some((_, w)) = lru.list.pop_lru() else {
@@ -315,10 +292,13 @@ impl PrefixIndex {
             lru.blocks -= w as usize;
             dropped += w as usize;
             self.evicted.push((slot, h, w));
-            detach(&mut self.entries, h, slot);
-            if !self.entries.contains_key(&h) {
-                unfile_tail(&mut self.tails, &mut self.tail_parent, h);
-            }
+            detach(
+                &mut self.entries,
+                &mut self.tails,
+                &mut self.tail_parent,
+                h,
+                slot,
+            );
         }
         dropped
     }
@@ -337,10 +317,13 @@ impl PrefixIndex {
         };
         let blocks: Vec<(u64, u32)> = lru.list.iter().rev().map(|(h, w)| (*h, *w)).collect();
         for &(h, _) in &blocks {
-            detach(&mut self.entries, h, slot);
-            if !self.entries.contains_key(&h) {
-                unfile_tail(&mut self.tails, &mut self.tail_parent, h);
-            }
+            detach(
+                &mut self.entries,
+                &mut self.tails,
+                &mut self.tail_parent,
+                h,
+                slot,
+            );
         }
         blocks
     }
@@ -452,10 +435,7 @@ impl Files<'_> {
             };
             lru.blocks -= w as usize;
             self.evicted.push((slot, old, w));
-            detach(self.entries, old, slot);
-            if !self.entries.contains_key(&old) {
-                unfile_tail(self.tails, self.tail_parent, old);
-            }
+            detach(self.entries, self.tails, self.tail_parent, old, slot);
         }
         let mut created = false;
         let entry = self.entries.entry(h).or_insert_with(|| {
@@ -485,12 +465,23 @@ fn unfile_tail(
     }
 }
 
-fn detach(entries: &mut HashMap<u64, Entry, HashIdentity>, h: u64, slot: Slot) {
+/// `slot` no longer holds `h`: the entry goes when no replica holds it, and
+/// with it a tail that was filed under its parent.
+fn detach(
+    entries: &mut HashMap<u64, Entry, HashIdentity>,
+    tails: &mut HashMap<u64, SmallVec<[(u64, u16); 2]>, HashIdentity>,
+    tail_parent: &mut HashMap<u64, u64, HashIdentity>,
+    h: u64,
+    slot: Slot,
+) {
     if let Some(e) = entries.get_mut(&h) {
         e.holders.retain(|s| *s != slot);
         if e.holders.is_empty() {
             entries.remove(&h);
         }
+    }
+    if !entries.contains_key(&h) {
+        unfile_tail(tails, tail_parent, h);
     }
 }
 
@@ -643,16 +634,6 @@ mod tests {
         ix.remove_replica(0);
         ix.remove_replica(1);
         assert!(ix.is_empty() && ix.tails.is_empty() && ix.tail_parent.is_empty());
-    }
-
-    #[test]
-    fn truncate_drops_blocks_beyond_what_the_engine_reported() {
-        let mut ix = PrefixIndex::new(100);
-        ix.record(0, &p(&[1, 2, 3, 4]));
-        ix.record(1, &p(&[1, 2, 3, 4]));
-        assert_eq!(ix.truncate(0, &p(&[1, 2, 3, 4]), 1), 3);
-        let m = ix.lookup(&p(&[1, 2, 3, 4]), f64::INFINITY);
-        assert_eq!(m.matched, vec![(0, 1), (1, 4)]);
     }
 
     #[test]

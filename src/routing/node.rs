@@ -99,11 +99,6 @@ impl NodeTier {
         held
     }
 
-    /// Forgets `node` (no replica runs there any more, or it left).
-    pub fn remove(&mut self, node: NodeId) {
-        self.nodes.remove(&node);
-    }
-
     /// Changes the per-node bound, evicting what no longer fits.
     pub fn set_capacity(&mut self, capacity_blocks: usize) {
         self.capacity = capacity_blocks;

@@ -119,15 +119,18 @@ impl Replica {
         self.ejected_until.is_none_or(|t| now >= t)
     }
 
+    /// The engine's last report, while it is younger than `ttl`.
+    fn fresh_engine(&self, now: Instant, ttl: std::time::Duration) -> Option<&EngineSignal> {
+        self.engine
+            .as_ref()
+            .filter(|e| now.saturating_duration_since(e.at) <= ttl)
+    }
+
     /// In flight here plus, while the engine's last report is fresh, what it
     /// runs or queues for others: the load the bound compares.
     fn load(&self, now: Instant, ttl: std::time::Duration) -> u32 {
-        match self.engine {
-            Some(e) if now.saturating_duration_since(e.at) <= ttl => {
-                self.in_flight.saturating_add(e.others)
-            }
-            _ => self.in_flight,
-        }
+        let others = self.fresh_engine(now, ttl).map_or(0, |e| e.others);
+        self.in_flight.saturating_add(others)
     }
 }
 
@@ -390,8 +393,7 @@ impl Router {
                 healthy: r.healthy(now),
                 indexed_blocks: self.index.blocks_held(slot),
                 engine: r
-                    .engine
-                    .filter(|e| now.saturating_duration_since(e.at) <= self.cfg.engine_signal_ttl)
+                    .fresh_engine(now, self.cfg.engine_signal_ttl)
                     .map(|e| e.load),
             })
             .collect()
@@ -400,11 +402,6 @@ impl Router {
     /// The prefix index (read-only).
     pub fn index(&self) -> &PrefixIndex {
         &self.index
-    }
-
-    /// The node tier (read-only).
-    pub fn node_tier(&self) -> &NodeTier {
-        &self.nodes
     }
 
     /// Chooses a replica for `req`, skipping `exclude` (replicas already
@@ -454,24 +451,15 @@ impl Router {
 
     /// Blocks replicas' index entries lost go to those replicas' nodes.
     fn spill_evicted(&mut self) {
-        let evicted = self.index.take_evicted();
-        if evicted.is_empty() || self.nodes.capacity() == 0 {
+        if self.nodes.capacity() == 0 {
+            // Nothing keeps them; the buffer must still not grow.
+            self.index.take_evicted();
             return;
         }
-        let mut run_start = 0;
-        while run_start < evicted.len() {
-            let slot = evicted[run_start].0;
-            let run_end = evicted[run_start..]
-                .iter()
-                .position(|e| e.0 != slot)
-                .map_or(evicted.len(), |k| run_start + k);
+        for (slot, h, w) in self.index.take_evicted() {
             if let Some(node) = self.replica(slot).and_then(|r| r.node) {
-                self.nodes.absorb(
-                    node,
-                    evicted[run_start..run_end].iter().map(|&(_, h, w)| (h, w)),
-                );
+                self.nodes.absorb(node, [(h, w)]);
             }
-            run_start = run_end;
         }
     }
 
@@ -568,12 +556,6 @@ impl Router {
         self.index.shrink(decision.replica, prompt, over);
         self.spill_evicted();
         true
-    }
-
-    /// Forgets `slot`'s blocks of `prompt` beyond the first `keep` (engine
-    /// feedback said it holds fewer). Returns the number dropped.
-    pub fn correct_prefix(&mut self, slot: Slot, prompt: &PromptBlocks, keep: usize) -> usize {
-        self.index.truncate(slot, prompt, keep)
     }
 
     /// The total in flight the load bound is computed from: `total`, or the
