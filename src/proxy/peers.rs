@@ -51,12 +51,16 @@ pub struct Outbox {
 impl Outbox {
     /// Queues one placement; false (dropped) when the batch is full.
     pub fn push(&self, replica: &str, blocks: &PromptBlocks) -> bool {
-        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-        let need = 2 + replica.len() + 4 + 8 * blocks.indexed_positions().count() + 1 + 18;
-        if buf.len() + need > MAX_BATCH_BYTES || replica.len() > usize::from(u16::MAX) {
+        if replica.len() > usize::from(u16::MAX) {
             return false;
         }
+        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let before = buf.len();
         encode_record(&mut buf, replica, blocks);
+        if buf.len() > MAX_BATCH_BYTES {
+            buf.truncate(before);
+            return false;
+        }
         true
     }
 

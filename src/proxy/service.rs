@@ -96,18 +96,19 @@ async fn handle(
             match core.router.route(&request, &tried, now()) {
                 Ok(d) => {
                     let backend = core.backends.get(&d.replica).cloned();
-                    if shared.cfg.peer_sync_interval.is_some()
-                        && !blocks.is_empty()
-                        && let Some(b) = &backend
-                        && !shared.peers.push(&b.name, &blocks)
-                    {
-                        shared.metrics.peer_records_dropped.inc();
-                    }
                     Ok((d, backend))
                 }
                 Err(e) => Err(e),
             }
         };
+        // Peers learn the placement (encoded outside the router lock).
+        if let Ok((_, Some(b))) = &picked
+            && shared.cfg.peer_sync_interval.is_some()
+            && !blocks.is_empty()
+            && !shared.peers.push(&b.name, &blocks)
+        {
+            shared.metrics.peer_records_dropped.inc();
+        }
         let (decision, backend) = match picked {
             Ok((d, Some(b))) => (d, b),
             Ok((mut d, None)) => {
