@@ -178,6 +178,10 @@ pub struct BenchArgs {
     /// `--peer-sync-interval` is 250ms).
     #[arg(long, env = "KVMESH_BENCH_PEER_SYNC", default_value_t = 0.25)]
     pub peer_sync: f64,
+    /// Offline: routers read each answer's cached-token count and correct
+    /// their index, as the proxy does (`false` to compare without).
+    #[arg(long, env = "KVMESH_BENCH_ENGINE_FEEDBACK", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub engine_feedback: bool,
     /// Offline: engines per node sharing one node cache (0 = no node caches).
     #[arg(long, env = "KVMESH_BENCH_ENGINES_PER_NODE", default_value_t = 0)]
     pub engines_per_node: usize,
@@ -397,7 +401,7 @@ pub fn offline(args: &BenchArgs) -> Result<Vec<PolicyResult>, BenchError> {
         engines_per_node: args.engines_per_node,
         node_cache_tokens: args.node_cache_tokens,
         node_tier: args.node_tier,
-        engine_feedback: true,
+        engine_feedback: args.engine_feedback,
         share_placements_s: (args.peer_sync > 0.0).then_some(args.peer_sync),
     };
     let mut results = Vec::new();
