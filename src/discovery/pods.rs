@@ -37,15 +37,6 @@ pub fn selector_string(s: &LabelSelector) -> String {
     parts.join(",")
 }
 
-/// `k=v,…` for exact-match labels.
-pub fn labels_string(labels: &std::collections::BTreeMap<String, String>) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// A pod that can take requests: Ready, with an IP, not terminating. The
 /// router's replicas and the operator's endpoint count both use this.
 pub fn pod_serves(p: &Pod) -> bool {

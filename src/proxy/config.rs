@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 use http::uri::{Authority, Scheme, Uri};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::routing::{BlockHasher, Policy, RoutingConfig};
 
@@ -361,9 +362,12 @@ impl RouterArgs {
             pool.as_ref()
                 .map(|(ns, name)| super::peers::PeerSource::Pods {
                     namespace: ns.clone(),
-                    selector: crate::discovery::pods::labels_string(
-                        &crate::operator::builders::selector_labels(name, "router"),
-                    ),
+                    selector: crate::discovery::pods::selector_string(&LabelSelector {
+                        match_labels: Some(crate::operator::builders::selector_labels(
+                            name, "router",
+                        )),
+                        ..LabelSelector::default()
+                    }),
                     port: self.admin_listen.port(),
                     own_pod: self.pod_name.clone(),
                 })
