@@ -339,14 +339,21 @@ pub fn run(w: &Workload, prep: &Prepared, kind: PolicyKind, cfg: &OfflineConfig)
                             // Scrapes happen on a period; modelled at the first
                             // arrival after each tick.
                             next_scrape = (now / every).floor() * every + every;
-                            for router in routers.iter_mut() {
-                                for (&slot, &e) in &slot_engine {
+                            // Every router reads the same engine state.
+                            let loads: Vec<(u32, EngineLoad)> = slot_engine
+                                .iter()
+                                .map(|(&slot, &e)| {
                                     let st = engines[e].stats();
                                     let load = EngineLoad {
                                         running: st.running as u32,
                                         waiting: st.waiting as u32,
                                         kv_usage: Some(st.kv_cache_usage),
                                     };
+                                    (slot, load)
+                                })
+                                .collect();
+                            for router in routers.iter_mut() {
+                                for &(slot, load) in &loads {
                                     router.engine_load(slot, Some(load), when);
                                 }
                             }
